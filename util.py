@@ -1,0 +1,204 @@
+"""The NCE objective, exact evaluation by quadrature on a grid, and safe file writing and loading."""
+import math
+import os
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+
+def value(energy, noise, x, gen, nu=1):
+    """-V(θ) and the classification accuracy, for ν = len(gen) / len(x) noise samples per data sample:
+
+        V(θ) = E_data log σ(G(x)) + ν E_noise log σ(-G(x̃)),   G(u) = log p_θ(u) - log q(u) - log ν,
+
+    the logistic-regression log-likelihood of telling data from noise (Gutmann & Hyvärinen 2012); at
+    ν = 1 this is the original E log p/(p+q) + E log q/(p+q). log σ keeps it finite for any logit.
+    Data and noise go through the network in one pass. The accuracy stays a tensor (no host sync)."""
+    u = torch.cat([x, gen])
+    logit = energy(u).squeeze(1) - noise.log_prob(u) - math.log(nu)
+    logit_x, logit_gen = logit[:len(x)], logit[len(x):]
+    v = F.logsigmoid(logit_x).mean() + nu * F.logsigmoid(-logit_gen).mean()
+    acc = ((logit_x > 0).sum() + (logit_gen < 0).sum()) / len(u)
+    return -v, acc
+
+
+NOISES = ('gaussian', 'fit', 'gmm')
+
+
+def make_noise(kind, data):
+    """The noise distribution q, on data's device. NCE needs q > 0 wherever the data has mass, its log
+    density in closed form, and cheap samples; every choice here is a torch.distributions object."""
+    import torch.distributions as D
+    device = data.device
+    if kind == 'gaussian':          # the original N(0, 4I), as a product of two N(0, 2²): closed form, no Cholesky
+        return D.Independent(D.Normal(torch.zeros(2, device=device), torch.full((2,), 2.0, device=device)), 1)
+    mean, cov = data.mean(0), torch.cov(data.T)
+    if kind == 'fit':               # the data's mean and covariance, each std doubled: every data point sits well inside
+        return D.MultivariateNormal(mean, 4 * cov)
+    if kind == 'gmm':
+        from sklearn.mixture import GaussianMixture
+        gm = GaussianMixture(16, covariance_type='full', random_state=0).fit(data.cpu().double().numpy())
+        w = torch.as_tensor(gm.weights_, dtype=torch.float32)
+        mu = torch.as_tensor(gm.means_, dtype=torch.float32)
+        # widen each component (covariance x 2, plus 0.05² I) and mix in 10% of a broad Gaussian over the whole
+        # data, so q has heavy enough tails where the data has no mass and the model can be told apart there
+        sigma = 2 * torch.as_tensor(gm.covariances_, dtype=torch.float32) + 0.0025 * torch.eye(2)
+        w = torch.cat([0.9 * w, torch.tensor([0.1])])
+        mu = torch.cat([mu, mean.cpu()[None]])
+        sigma = torch.cat([sigma, 4 * cov.cpu()[None]])
+        return D.MixtureSameFamily(D.Categorical(probs=w.to(device)), D.MultivariateNormal(mu.to(device), sigma.to(device)))
+    raise ValueError(f'unknown noise {kind!r}; choose from {", ".join(NOISES)}')
+
+
+def lr_schedule(kind, lr, total):
+    """The learning rate at each step: constant (the original), or a cosine decay to 0 over `total` steps."""
+    if kind == 'cosine':
+        return lambda step: lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return lambda step: lr
+
+
+# ----------------------------------------------------------------------------------------------------
+# exact evaluation: in 2D the integral over x can be done on a grid
+
+PLOT_LIM = 4.0   # the data lives in [-4, 4]²; the plots show this window
+
+
+def grid(lim, n, device='cpu'):
+    """Midpoints of an n×n grid of square cells on [-lim, lim]², shape (n*n, 2); row i of the image is y_i."""
+    t = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) * (2 * lim / n) - lim
+    y, x = torch.meshgrid(t, t, indexing='ij')
+    return torch.stack([x.flatten(), y.flatten()], 1)
+
+
+@torch.inference_mode()
+def log_p_on(energy, points, chunk=8192):
+    """log p_θ at many points, in chunks so that the activations stay a few MB, shape (N,)."""
+    return torch.cat([energy(p).squeeze(1) for p in points.split(chunk)])
+
+
+@torch.inference_mode()
+def log_partition(energy, lim=8.0, n=320, log_p=None):
+    """log Z(θ) = log ∫ exp(-f_θ(x)) dx over [-lim, lim]², by the midpoint rule.
+
+    Cells of side h = 8/n on the data window [-4, 4]² (n = 320: h = 0.025, a third of the rings' noise
+    std 0.08), and of side 4h on the rest, where no data is and the model is smooth and small. `log_p`
+    may pass log p_θ on the fine grid, shape (n, n), as computed for the plot, to evaluate it only once.
+    Everything is float32 (mps has no float64); the sum is a logsumexp, so no precision is lost."""
+    device = energy.c.device
+    h = 2 * PLOT_LIM / n
+    m = 2 * lim / (4 * h)
+    if lim < PLOT_LIM or abs(m - round(m)) > 1e-6 or n % 8:
+        raise ValueError(f'need lim >= {PLOT_LIM}, n a multiple of 8 and (lim - {PLOT_LIM}) a multiple of 4·8/n; got lim={lim}, n={n}')
+    if log_p is None:
+        log_p = log_p_on(energy, grid(PLOT_LIM, n, device))
+    outer = grid(lim, round(m), device)
+    outer = outer[(outer.abs() > PLOT_LIM).any(1)]
+    # log p_θ = -f_θ - c, so ∫ exp(-f_θ) = exp(c) ∫ p_θ
+    return torch.logsumexp(torch.cat([log_p.flatten() + 2 * math.log(h),
+                                      log_p_on(energy, outer) + 2 * math.log(4 * h)]), 0) + energy.c.detach().squeeze()
+
+
+@torch.inference_mode()
+def evaluate(energy, x_test, entropy=None, n=320):
+    """Exact metrics of the model: c, log_z (quadrature), the test NLL of the normalised model and, given the
+    true density's entropy estimate H = mean -log p_data on the same x_test, KL(p_data || p_θ) = NLL - H.
+    Also returns log p_θ on the plot's grid, so the plot reuses this evaluation."""
+    log_p = log_p_on(energy, grid(PLOT_LIM, n, x_test.device)).view(n, n)
+    log_z = log_partition(energy, n=n, log_p=log_p)
+    c = energy.c.detach().squeeze()
+    nll = -(log_p_on(energy, x_test).mean() + c - log_z)
+    out = dict(c=c.item(), log_z=log_z.item(), nll=nll.item())
+    out['kl'] = out['nll'] - entropy if entropy is not None else None
+    return out, log_p
+
+
+# ----------------------------------------------------------------------------------------------------
+# files: written whole or not at all, read without running anything
+
+def atomic_write(path, write):
+    """Call write(tmp_path) on a temporary file in path's folder, then rename it over path: whoever reads
+    path (or a run killed at any moment) sees the old file or the new one, never a half-written one."""
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(state, path):
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+class CheckpointError(Exception):
+    pass
+
+
+CHECKPOINT_KEYS = ('energy', 'model_kwargs', 'optimizer', 'epoch', 'args', 'rng', 'history')
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with the restricted unpickler (weights_only=True): tensors and plain types only, so
+    a file from elsewhere cannot run code. Raises CheckpointError with a one-line reason."""
+    import pickle
+    if not os.path.isfile(path):
+        raise CheckpointError(f'no checkpoint at {path}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f'{path} holds objects other than tensors and plain types; refused to load it '
+                              f'({str(e).splitlines()[0][:120]})') from None
+    except Exception as e:
+        raise CheckpointError(f'cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}') from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f'{path} is not a checkpoint of this repo (missing {", ".join(missing)})')
+    return ckpt
+
+
+def unwritable(folder):
+    """Why files cannot be written into folder (created if missing), or None if they can."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f'{path} is a file, not a folder'
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f'permission denied on {path}'
+    return None
+
+
+def write_metrics(history, path):
+    """metrics.csv: one row per epoch, blank where an epoch was not evaluated; full precision, so two runs
+    with the same seed give identical files but for the seconds column."""
+    cols = ('epoch', 'value', 'acc', 'c', 'log_z', 'nll', 'kl', 'seconds')
+    lines = [','.join(cols)] + [','.join('' if h[k] is None else repr(h[k]) for k in cols) for h in history]
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+    atomic_write(path, write)
+
+
+def get_rng_state():
+    """Every RNG the loop draws from (data order, noise), so that a resumed run continues bit for bit."""
+    state = dict(cpu=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        state['mps'] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['cpu'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'mps' in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state['mps'])
