@@ -108,10 +108,10 @@ def _diff_ndtr(u, v):
     return torch.where(flip, torch.special.ndtr(-v) - torch.special.ndtr(-u), torch.special.ndtr(u) - torch.special.ndtr(v))
 
 
-def _log_spiral_arm(x, m=2048):
+def _log_spiral_arm(x, m=1024):
     """One 2spirals arm: x = (-t cos t + u1/2, t sin t + u2/2)/3 + 0.1 z, t = 3π sqrt(U), u ~ U[0,1)².
     Given t, each coordinate is a uniform of width 1/6 plus N(0, 0.01): 6 (Φ(hi) - Φ(lo)). The arm is at
-    least 0.03 wide in t, so 2048 nodes (spacing 0.0046) resolve it."""
+    least 0.03 wide in t, so 1024 nodes (spacing 0.009) resolve it."""
     t, w = _trapezoid(0.0, SPIRAL_TURN, m)
     w = w * 2 * t / SPIRAL_TURN**2                           # t has density 2t / (3π)² on [0, 3π]
     a = torch.stack([-t * t.cos(), t * t.sin()], 1) / 3
@@ -125,7 +125,7 @@ def _log_spiral_arm(x, m=2048):
     return torch.cat(out)
 
 
-def _log_pinwheel(x, m=2048, iters=40):
+def _log_pinwheel(x, m=512, iters=40):
     return torch.cat([_log_pinwheel_chunk(xc, m, iters) for xc in x.split(2048)])
 
 
@@ -134,7 +134,8 @@ def _log_pinwheel_chunk(x, m, iters):
     x = 2 R(-a) f with a = a_k + rate·exp(f0), a rotation, so |x/2| = |f| and f = R(a) x/2. Given x, f0
     solves f0 = |x/2| cos(φ + a_k + rate·exp(f0)), which may have several roots; each contributes
     p(f) / |det ∂x/∂f| with det ∂x/∂f = 4 (1 + rate·exp(f0) f1). We bracket the roots on a grid of f0
-    spanning ±7 radial std (beyond it p(f0) < 1e-10) and refine each by bisection."""
+    spanning ±7 radial std (beyond it p(f0) < 1e-10; spacing 0.008, far below the 1.1 period of the
+    cosine there) and refine each by bisection."""
     P = PINWHEEL
     y = x / 2
     rho, phi = y.norm(dim=1), torch.atan2(y[:, 1], y[:, 0])

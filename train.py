@@ -97,30 +97,37 @@ def frame_path(args, epoch):
     return os.path.join(args.images, f'epoch_{epoch}.png')
 
 
+def check_resume(args, model_kwargs):
+    """The checkpoint to resume, read and checked before anything else is done; exits 2 if it does not fit."""
+    try:
+        ckpt = util.load_checkpoint(args.ckpt)
+    except util.CheckpointError as e:
+        fail(str(e))
+    for k in RUN_KEYS:
+        if ckpt['args'].get(k) != getattr(args, k):
+            fail(f'{args.ckpt} was trained with --{k} {ckpt["args"].get(k)}, not {getattr(args, k)}; '
+                 f'pass the same value or start a fresh run with another --ckpt')
+    if ckpt['model_kwargs'] != model_kwargs:
+        fail(f'{args.ckpt} holds another network, {ckpt["model_kwargs"]}, not {model_kwargs}')
+    return ckpt
+
+
 def main(args):
+    model_kwargs = dict(dim=2, hidden=args.hidden, depth=args.depth, act=args.act)
+    ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     x_train = sample_2d_data(args.dataset, args.samples, torch.Generator().manual_seed(args.seed)).to(device)
     noise = util.make_noise(args.noise, x_train)
-    model_kwargs = dict(dim=2, hidden=args.hidden, depth=args.depth, act=args.act)
     energy = EBM(**model_kwargs).to(device)
-    opt = torch.optim.Adam(energy.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    params = list(energy.parameters())
+    adam = util.adam_init(params)
     steps = math.ceil(args.samples / args.batch)              # per epoch; the last batch may be smaller
     start, history = 0, []
     if args.resume:
-        try:
-            ckpt = util.load_checkpoint(args.ckpt)
-        except util.CheckpointError as e:
-            fail(str(e))
-        for k in RUN_KEYS:
-            if ckpt['args'].get(k) != getattr(args, k):
-                fail(f'{args.ckpt} was trained with --{k} {ckpt["args"].get(k)}, not {getattr(args, k)}; '
-                     f'pass the same value or start a fresh run with another --ckpt')
-        if ckpt['model_kwargs'] != model_kwargs:
-            fail(f'{args.ckpt} holds a network {ckpt["model_kwargs"]}, not {model_kwargs}')
         energy.load_state_dict(ckpt['energy'])
-        opt.load_state_dict(ckpt['optimizer'])
+        adam = {k: [t.to(device) for t in v] for k, v in ckpt['optimizer'].items()}
         util.set_rng_state(ckpt['rng'])
         start, history = ckpt['epoch'] + 1, ckpt['history']
     else:
@@ -150,11 +157,10 @@ def main(args):
                 x = xs[i * args.batch:(i + 1) * args.batch]
                 gen = noise.sample((args.nu * len(x),))
                 loss, acc = util.value(energy, noise, x, gen, args.nu)
-                for group in opt.param_groups:
-                    group['lr'] = lr_at(epoch * steps + i)
-                opt.zero_grad(set_to_none=True)
+                for p in params:
+                    p.grad = None
                 loss.backward()
-                opt.step()
+                util.adam_step(params, adam, lr_at(epoch * steps + i), args.b1, args.b2)
                 losses[i], accs[i] = loss.detach(), acc
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
@@ -171,7 +177,7 @@ def main(args):
                            frame_path(args, epoch))
             row['seconds'] = time.time() - t0
             history.append(row)
-            util.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=opt.state_dict(),
+            util.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
                                       epoch=epoch, args=vars(args), rng=util.get_rng_state(), history=history), args.ckpt)
             util.write_metrics(history, os.path.join(os.path.dirname(args.ckpt), 'metrics.csv'))
             pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds') and v is not None})

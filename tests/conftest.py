@@ -1,0 +1,46 @@
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+class GaussEnergy(nn.Module):
+    """An unnormalised 2D Gaussian model, log p = -(x - mu)ᵀ P (x - mu)/2 - c with P = L Lᵀ: its true log Z is
+    log 2π - log det P / 2, so NCE's c can be checked against the exact answer."""
+
+    def __init__(self, mu=(0.0, 0.0), chol=((1.0, 0.0), (0.0, 1.0)), c=0.0):
+        super().__init__()
+        self.mu = nn.Parameter(torch.tensor(mu, dtype=torch.float64))
+        self.chol = nn.Parameter(torch.tensor(chol, dtype=torch.float64))
+        self.c = nn.Parameter(torch.tensor([c], dtype=torch.float64))
+
+    def forward(self, x):
+        z = (x.to(self.mu.dtype) - self.mu) @ self.chol.tril()
+        return (-0.5 * (z ** 2).sum(1, keepdim=True) - self.c).to(x.dtype)
+
+    def log_z(self):
+        return math.log(2 * math.pi) - self.chol.diagonal().abs().log().sum().item()
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Run a repo script in a subprocess inside tmp_path; returns the CompletedProcess."""
+    def run(script, *args, cwd=None, timeout=120):
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or tmp_path,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    return run
+
+
+def assert_one_line_error(proc):
+    """argparse style: exit 2, the last stderr line 'prog: error: ...', and no traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert 'Traceback' not in proc.stderr, proc.stderr
+    assert ': error: ' in proc.stderr.strip().splitlines()[-1], proc.stderr

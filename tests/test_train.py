@@ -1,0 +1,170 @@
+"""train.py end to end in a subprocess: outputs, resume, exactness, and every way a run can go wrong."""
+import csv
+import hashlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error
+from model import EBM
+from util import load_checkpoint
+
+SMALL = ('--samples', 400, '--batch', 100)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+def metrics(path):
+    """metrics.csv rows without the wall-time column."""
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k != 'seconds'} for row in csv.DictReader(f)]
+
+
+def test_two_epochs_write_frames_checkpoint_metrics_and_resume_continues(run, tmp_path):
+    p = run('train.py', '--epoch', 2, *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(tmp_path / 'images')) == ['curves.png', 'epoch_0.png', 'epoch_1.png']
+    assert p.stdout.strip().splitlines()[-1].startswith('done: 8gaussians')
+    ck = load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')
+    assert ck['epoch'] == 1 and ck['args']['dataset'] == '8gaussians'
+    energy = EBM(**ck['model_kwargs'])
+    energy.load_state_dict(ck['energy'])
+    assert [type(m).__name__ for m in energy.f] == ['Linear', 'LeakyReLU', 'Linear', 'LeakyReLU', 'Linear']
+    with open(tmp_path / 'ckpts/metrics.csv') as f:
+        assert f.readline().strip() == 'epoch,value,acc,c,log_z,nll,kl,seconds'
+    rows = metrics(tmp_path / 'ckpts/metrics.csv')
+    assert [r['epoch'] for r in rows] == ['0', '1'] and all(r['kl'] and r['nll'] for r in rows)
+    assert float(rows[-1]['c']) == pytest.approx(energy.c.item())
+
+    p = run('train.py', '--resume', '--epoch', 2, *SMALL)
+    assert p.returncode == 0, p.stderr
+    assert {f'epoch_{i}.png' for i in range(4)} <= set(os.listdir(tmp_path / 'images'))
+    assert load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')['epoch'] == 3
+    assert [r['epoch'] for r in metrics(tmp_path / 'ckpts/metrics.csv')] == ['0', '1', '2', '3']
+
+
+def test_resume_is_exact_and_the_seed_fixes_the_run(run, tmp_path):
+    a, b, c = (['--ckpt', f'{d}/nce.pth.tar', '--images', d, *SMALL] for d in ('a', 'b', 'c'))
+    assert run('train.py', '--epoch', 3, *a).returncode == 0
+    assert run('train.py', '--epoch', 2, *b).returncode == 0
+    p = run('train.py', '--resume', '--epoch', 1, *b)
+    assert p.returncode == 0, p.stderr
+    assert run('train.py', '--epoch', 3, *c).returncode == 0
+    ka, kb = load_checkpoint(tmp_path / 'a/nce.pth.tar'), load_checkpoint(tmp_path / 'b/nce.pth.tar')
+    assert all(torch.equal(ka['energy'][k], kb['energy'][k]) for k in ka['energy'])
+    assert metrics(tmp_path / 'a/metrics.csv') == metrics(tmp_path / 'b/metrics.csv') == metrics(tmp_path / 'c/metrics.csv')
+    for i in range(3):
+        assert digest(tmp_path / f'a/epoch_{i}.png') == digest(tmp_path / f'b/epoch_{i}.png')
+    d = ['--ckpt', 'd/nce.pth.tar', '--images', 'd', '--seed', 1, *SMALL]
+    assert run('train.py', '--epoch', 3, *d).returncode == 0
+    assert metrics(tmp_path / 'a/metrics.csv') != metrics(tmp_path / 'd/metrics.csv')
+
+
+def test_a_fresh_run_removes_the_frames_of_an_earlier_run(run, tmp_path):
+    (tmp_path / 'images').mkdir()
+    for name in ('epoch_7.png', 'epoch_12.png', 'notes.txt'):
+        (tmp_path / 'images' / name).write_text('old')
+    assert run('train.py', '--epoch', 1, '--eval-every', 0, *SMALL).returncode == 0
+    assert sorted(os.listdir(tmp_path / 'images')) == ['epoch_0.png', 'notes.txt']
+
+
+@pytest.mark.parametrize('args', [
+    ('--dataset', 'spirals'), ('--noise', 'uniform'), ('--epoch', 0), ('--batch', 0), ('--samples', 0),
+    ('--nu', 0), ('--samples', 50, '--batch', 100), ('--lr', 'nan'), ('--lr', 'inf'), ('--lr', 0), ('--lr', -1e-3),
+    ('--b1', 1.0), ('--b2', -0.1), ('--b1', 'x'), ('--device', 'cuda'), ('--device', 'mps'), ('--images', 'afile/sub'),
+    ('--ckpt', 'afile/nce.pth.tar'), ('--resume', 'False'), ('--eval-every', -1),
+])
+def test_bad_arguments_are_one_line_errors_that_write_nothing(run, tmp_path, args):
+    if '--device' in args and (torch.cuda.is_available() if 'cuda' in args else torch.backends.mps.is_available()):
+        pytest.skip('that device is present here')
+    (tmp_path / 'afile').write_text('a file, not a folder')
+    p = run('train.py', *args)
+    assert_one_line_error(p)
+    assert sorted(os.listdir(tmp_path)) == ['afile']
+
+
+def test_resume_refuses_missing_corrupt_and_mismatched_checkpoints(run, tmp_path):
+    assert_one_line_error(p := run('train.py', '--resume'))
+    assert 'no checkpoint at ckpts/nce.pth.tar' in p.stderr
+    assert run('train.py', '--epoch', 1, '--eval-every', 0, '--no-plot', *SMALL).returncode == 0
+    ck = tmp_path / 'ckpts/nce.pth.tar'
+    before = digest(ck)
+    for args, word in ((('--dataset', 'rings'), 'dataset'), (('--hidden', 64), 'network'), (('--preset', 'strong'), 'preset'),
+                       (('--samples', 500, '--batch', 100), 'samples')):
+        p = run('train.py', '--resume', '--epoch', 1, '--no-plot', *SMALL[2:], *(SMALL[:2] if '--samples' not in args else ()), *args)
+        assert_one_line_error(p)
+        assert word in p.stderr and 'nce.pth.tar' in p.stderr
+        assert digest(ck) == before
+    (tmp_path / 'ckpts/broken.pth.tar').write_bytes(b'not a checkpoint at all')
+    assert_one_line_error(p := run('train.py', '--resume', '--ckpt', 'ckpts/broken.pth.tar', *SMALL))
+    assert 'broken.pth.tar' in p.stderr
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ('touch PWNED',))
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_and_nothing_runs(run, tmp_path):
+    (tmp_path / 'ckpts').mkdir()
+    torch.save({'energy': {}, 'payload': Exploit()}, tmp_path / 'ckpts/nce.pth.tar')
+    p = run('train.py', '--resume', *SMALL)
+    assert_one_line_error(p)
+    assert 'refused' in p.stderr
+    assert not (tmp_path / 'PWNED').exists()
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run, tmp_path):
+    assert run('train.py', '--epoch', 1, '--eval-every', 0, '--no-plot', *SMALL).returncode == 0
+    before = digest(tmp_path / 'ckpts/nce.pth.tar')
+    p = run('train.py', '--resume', '--epoch', 3, '--lr', 1e30, '--eval-every', 0, '--no-plot', *SMALL)
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    assert 'non-finite loss at epoch 1, step' in p.stderr
+    assert digest(tmp_path / 'ckpts/nce.pth.tar') == before
+
+
+def start(tmp_path, *args):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *map(str, args)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, timeout=60):
+    t = time.time()
+    while not path.exists():
+        assert time.time() - t < timeout
+        time.sleep(0.02)
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
+    ck = tmp_path / 'ckpts/nce.pth.tar'
+    for delay in (0.0, 0.13, 0.37):
+        proc = start(tmp_path, '--epoch', 10000, '--samples', 200, '--batch', 100, '--eval-every', 0, '--no-plot')
+        wait_for(ck)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        assert load_checkpoint(ck)['epoch'] >= 0
+        p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--resume', '--epoch', '1', '--samples', '200',
+                            '--batch', '100', '--eval-every', '0', '--no-plot'], cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+
+
+def test_ctrl_c_ends_cleanly_and_says_how_to_resume(tmp_path):
+    proc = start(tmp_path, '--epoch', 10000, '--samples', 200, '--batch', 100, '--eval-every', 0)
+    wait_for(tmp_path / 'ckpts/nce.pth.tar')
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and 'Traceback' not in err
+    assert 'python train.py --resume' in err
+    assert not [f for d in ('ckpts', 'images') for f in os.listdir(tmp_path / d) if f.endswith('.tmp')]
+    done = load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')['epoch']
+    assert (tmp_path / f'images/epoch_{done}.png').exists()
