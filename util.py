@@ -51,6 +51,9 @@ def make_noise(kind, data):
     raise ValueError(f'unknown noise {kind!r}; choose from {", ".join(NOISES)}')
 
 
+FUSED_ADAM = getattr(torch, '_fused_adam_', None)   # the kernel behind torch.optim.Adam(fused=True)
+
+
 def adam_init(params):
     """Adam's state for these parameters: step count and first and second moments (plain tensors, so a
     checkpoint holds it without pickled objects)."""
@@ -64,8 +67,8 @@ def adam_step(params, state, lr, b1, b2, eps=1e-8):
     torch._dynamo that torch.optim triggers. Where the kernel is missing, the same update in plain ops."""
     grads = [p.grad for p in params]
     torch._foreach_add_(state['step'], 1)
-    if hasattr(torch, '_fused_adam_'):
-        torch._fused_adam_(params, grads, state['m'], state['v'], [], state['step'], lr=lr, beta1=b1, beta2=b2,
+    if FUSED_ADAM is not None:
+        FUSED_ADAM(params, grads, state['m'], state['v'], [], state['step'], lr=lr, beta1=b1, beta2=b2,
                            weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
         return
     for p, g, m, v, t in zip(params, grads, state['m'], state['v'], state['step']):
