@@ -112,6 +112,17 @@ def check_resume(args, model_kwargs):
     return ckpt
 
 
+def train_step(energy, params, adam, noise, x, nu, lr, b1, b2):
+    """One NCE step: ν noise samples per data sample, -V(θ), backward, Adam. No host sync."""
+    gen = noise.sample((nu * len(x),))
+    loss, acc = util.value(energy, noise, x, gen, nu)
+    for p in params:
+        p.grad = None
+    loss.backward()
+    util.adam_step(params, adam, lr, b1, b2)
+    return loss.detach(), acc
+
+
 def main(args):
     model_kwargs = dict(dim=2, hidden=args.hidden, depth=args.depth, act=args.act)
     ckpt = check_resume(args, model_kwargs) if args.resume else None
@@ -155,13 +166,7 @@ def main(args):
             losses, accs = torch.empty(steps, device=device), torch.empty(steps, device=device)
             for i in range(steps):
                 x = xs[i * args.batch:(i + 1) * args.batch]
-                gen = noise.sample((args.nu * len(x),))
-                loss, acc = util.value(energy, noise, x, gen, args.nu)
-                for p in params:
-                    p.grad = None
-                loss.backward()
-                util.adam_step(params, adam, lr_at(epoch * steps + i), args.b1, args.b2)
-                losses[i], accs[i] = loss.detach(), acc
+                losses[i], accs[i] = train_step(energy, params, adam, noise, x, args.nu, lr_at(epoch * steps + i), args.b1, args.b2)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):
@@ -173,8 +178,7 @@ def main(args):
                 metrics, log_p = util.evaluate(energy, x_test, entropy)
                 row.update(metrics)
             if not args.no_plot:
-                frame.save(log_p if log_p is not None else util.log_p_on(energy, util.grid(util.PLOT_LIM, 320, device)).view(320, 320),
-                           frame_path(args, epoch))
+                frame.save(log_p if log_p is not None else util.window_log_p(energy), frame_path(args, epoch))
             row['seconds'] = time.time() - t0
             history.append(row)
             util.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,

@@ -104,6 +104,11 @@ def log_p_on(energy, points, chunk=8192):
     return torch.cat([energy(p).squeeze(1) for p in points.split(chunk)])
 
 
+def window_log_p(energy, n=320):
+    """log p_θ on the n×n grid of the data window [-4, 4]², shape (n, n): the plot's image."""
+    return log_p_on(energy, grid(PLOT_LIM, n, energy.c.device)).view(n, n)
+
+
 @torch.inference_mode()
 def log_partition(energy, lim=8.0, n=320, log_p=None):
     """log Z(θ) = log ∫ exp(-f_θ(x)) dx over [-lim, lim]², by the midpoint rule.
@@ -118,7 +123,7 @@ def log_partition(energy, lim=8.0, n=320, log_p=None):
     if lim < PLOT_LIM or abs(m - round(m)) > 1e-6 or n % 8:
         raise ValueError(f'need lim >= {PLOT_LIM}, n a multiple of 8 and (lim - {PLOT_LIM}) a multiple of 4·8/n; got lim={lim}, n={n}')
     if log_p is None:
-        log_p = log_p_on(energy, grid(PLOT_LIM, n, device))
+        log_p = window_log_p(energy, n)
     outer = grid(lim, round(m), device)
     outer = outer[(outer.abs() > PLOT_LIM).any(1)]
     # log p_θ = -f_θ - c, so ∫ exp(-f_θ) = exp(c) ∫ p_θ
@@ -131,7 +136,7 @@ def evaluate(energy, x_test, entropy=None, n=320):
     """Exact metrics of the model: c, log_z (quadrature), the test NLL of the normalised model and, given the
     true density's entropy estimate H = mean -log p_data on the same x_test, KL(p_data || p_θ) = NLL - H.
     Also returns log p_θ on the plot's grid, so the plot reuses this evaluation."""
-    log_p = log_p_on(energy, grid(PLOT_LIM, n, x_test.device)).view(n, n)
+    log_p = window_log_p(energy, n)
     log_z = log_partition(energy, n=n, log_p=log_p)
     c = energy.c.detach().squeeze()
     nll = -(log_p_on(energy, x_test).mean() + c - log_z)

@@ -1,0 +1,163 @@
+"""Benchmark this repo against the original script's loop, on the same machine, in one run.
+
+$ python bench.py                 # CPU
+$ python bench.py --device cuda
+
+Prints ms per training step (default and strong configurations) next to the matmul floor, ms per frame and
+per evaluation, the per-epoch time of the default run, start-up time and peak memory, each against the
+original loop run the same way (DataLoader, two forward passes, a host sync and a print per batch,
+torch.optim.Adam, a pcolormesh plot on a 1000x1000 grid).
+"""
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributions as D
+
+import train
+import util
+from data import sample_2d_data
+from model import EBM
+
+p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'mps'], help='device to benchmark')
+p.add_argument('--steps', type=int, default=500, help='timed steps per configuration')
+args = p.parse_args()
+device = torch.device(args.device)
+
+
+def sync():
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def timed(fn, n, burn=20):
+    """Seconds per call of fn, after a burn-in."""
+    for _ in range(burn):
+        fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / n
+
+
+x_train = sample_2d_data('8gaussians', 10000, torch.Generator().manual_seed(0)).to(device)
+print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}')
+
+# the floor: the three (batch·(1+ν)) x 128 x 128 matrix products of a step (forward, and two in backward)
+a, w = torch.randn(200, 128, device=device), torch.randn(128, 128, device=device)
+floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
+
+# ours, exactly the step train.py runs
+def ours(preset):
+    cfg = train.PRESETS[preset]
+    torch.manual_seed(0)
+    energy = EBM(hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act']).to(device)
+    params, adam = list(energy.parameters()), util.adam_init(list(energy.parameters()))
+    noise = util.make_noise('gaussian', x_train)
+    xs = x_train[torch.randperm(len(x_train), device=device)]
+    i = iter(range(10**9))
+    def step():
+        k = next(i) % (len(xs) // cfg['batch'])
+        train.train_step(energy, params, adam, noise, xs[k * cfg['batch']:(k + 1) * cfg['batch']], cfg['nu'], cfg['lr'], 0.9, 0.999)
+    return timed(step, args.steps), energy
+
+# the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch
+def original_loop():
+    torch.manual_seed(0)
+    energy = EBM().to(device)
+    opt = torch.optim.Adam(energy.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    noise = D.MultivariateNormal(torch.zeros(2, device=device), 4 * torch.eye(2, device=device))
+    loader = torch.utils.data.DataLoader(x_train.cpu(), batch_size=100, shuffle=True)
+    out = io.StringIO()
+    def epoch():
+        for i, x in enumerate(loader):
+            x = x.to(device)
+            gen = noise.sample((100,))
+            lp_x, lq_x = energy(x), noise.log_prob(x).unsqueeze(1)
+            lp_g, lq_g = energy(gen), noise.log_prob(gen).unsqueeze(1)
+            v = (lp_x - torch.logsumexp(torch.cat([lp_x, lq_x], 1), 1, keepdim=True)).mean() \
+                + (lq_g - torch.logsumexp(torch.cat([lp_g, lq_g], 1), 1, keepdim=True)).mean()
+            acc = ((torch.sigmoid(lp_x - lq_x) > 0.5).sum() + (torch.sigmoid(lq_g - lp_g) > 0.5).sum()).cpu().numpy() / 200
+            opt.zero_grad()
+            (-v).backward()
+            opt.step()
+            print(f'[Epoch 0] [Batch {i}/{len(loader)}] [Value: {-v.item():f}] [Accuracy: {acc:f}]', file=out)
+    return epoch, energy, noise
+
+def original_plot(energy, noise, path):
+    import matplotlib.pyplot as plt
+    t = torch.linspace(-4, 4, 1000)
+    xx, yy = torch.meshgrid(t, t, indexing='ij')
+    zz = torch.stack([xx.flatten(), yy.flatten()], 1).to(device)
+    fig, axs = plt.subplots(1, 3, figsize=(12, 4.3), subplot_kw={'aspect': 'equal'})
+    xs = x_train.cpu().numpy()
+    axs[0].hist2d(xs[:, 0], xs[:, 1], range=[[-4, 4], [-4, 4]], bins=1000, cmap='jet')
+    with torch.no_grad():
+        axs[1].pcolormesh(xx, yy, noise.log_prob(zz).exp().cpu().view(1000, 1000), cmap='jet')
+        axs[2].pcolormesh(xx, yy, energy(zz).exp().cpu().view(1000, 1000), cmap='jet')
+    for ax in axs:
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+step_default, energy = ours('original')
+step_strong, _ = ours('strong')
+orig_epoch, orig_energy, orig_noise = original_loop()
+orig_step = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
+print(f'matmul floor (3 products 200x128x128): {floor * 1e3:.3f} ms')
+print(f'step, default (batch 100, nu 1):  {step_default * 1e3:.3f} ms, {1 / step_default:.0f} steps/s, '
+      f'floor/step {floor / step_default:.0%}; original loop {orig_step * 1e3:.3f} ms: {orig_step / step_default:.1f}x faster')
+print(f'step, strong (batch 256, nu 4, 3x256): {step_strong * 1e3:.3f} ms, {1 / step_strong:.0f} steps/s')
+
+import plot
+x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manual_seed(1)).to(device)
+frame = plot.Frame(x_train, util.make_noise('gaussian', x_train))
+with tempfile.TemporaryDirectory() as tmp:
+    log_p = util.window_log_p(energy)
+    t_eval = timed(lambda: util.evaluate(energy, x_test, 2.83), 10, burn=2)
+    t_plot = timed(lambda: frame.save(log_p, os.path.join(tmp, 'f.png')), 10, burn=2)
+    t_orig_plot = timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
+epoch_ours = 100 * step_default + t_eval + t_plot
+epoch_orig = 100 * orig_step + t_orig_plot
+print(f'frame: {t_plot * 1e3:.1f} ms (original plot {t_orig_plot * 1e3:.0f} ms: {t_orig_plot / t_plot:.0f}x); '
+      f'evaluation (quadrature log Z, test NLL, KL): {t_eval * 1e3:.1f} ms')
+print(f'default epoch, 100 steps + evaluation + frame: {epoch_ours * 1e3:.0f} ms; original 100 steps + plot '
+      f'{epoch_orig * 1e3:.0f} ms: {epoch_orig / epoch_ours:.1f}x faster')
+
+# start-up and memory of the real script, in a fresh process each; the child reports its own peak (VmHWM),
+# since a child's ru_maxrss also counts the pages it shared with this process at fork
+REPORT = """import atexit, os, resource, runpy, sys
+def peak():
+    try:
+        kb = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
+    except OSError:
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == 'darwin' else 1)
+    print('peak_kb', kb)
+atexit.register(peak)
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+with tempfile.TemporaryDirectory() as tmp:
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
+    def run(*a):
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, '-c', REPORT, script, '--device', args.device, *a], cwd=tmp,
+                             capture_output=True, text=True, check=True).stdout
+        return time.perf_counter() - t, int(out.split('peak_kb')[-1]) / 1024
+    startup, _ = run('--epoch', '1', '--samples', '100', '--eval-every', '0', '--no-plot')
+    full, peak = run()
+print(f'start-up (a whole 1-step run, from process start to exit): {startup:.2f} s')
+print(f'python train.py (50 epochs, evaluation and frames every epoch): {full:.1f} s, peak memory {peak:.0f} MB')
