@@ -141,8 +141,8 @@ def main(args):
         adam = {k: [t.to(device) for t in v] for k, v in ckpt['optimizer'].items()}
         util.set_rng_state(ckpt['rng'])
         start, history = ckpt['epoch'] + 1, ckpt['history']
-    else:
-        # a fresh run owns --images: remove the frames of an earlier run so a GIF never mixes two runs
+    elif not args.no_plot:
+        # a fresh run that plots owns --images: remove an earlier run's frames so a GIF never mixes two runs
         for f in os.listdir(args.images) if os.path.isdir(args.images) else []:
             if re.fullmatch(r'epoch_\d+\.png|curves\.png', f):
                 os.remove(os.path.join(args.images, f))

@@ -72,6 +72,8 @@ def test_a_fresh_run_removes_the_frames_of_an_earlier_run(run, tmp_path):
     (tmp_path / 'images').mkdir()
     for name in ('epoch_7.png', 'epoch_12.png', 'notes.txt'):
         (tmp_path / 'images' / name).write_text('old')
+    assert run('train.py', '--epoch', 1, '--eval-every', 0, '--no-plot', *SMALL).returncode == 0
+    assert len(os.listdir(tmp_path / 'images')) == 3          # a run that writes no frames leaves them
     assert run('train.py', '--epoch', 1, '--eval-every', 0, *SMALL).returncode == 0
     assert sorted(os.listdir(tmp_path / 'images')) == ['epoch_0.png', 'notes.txt']
 
