@@ -208,4 +208,8 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(get_args())
+    try:
+        main(get_args())
+    except KeyboardInterrupt:       # before the loop started: nothing was written yet
+        print('\ninterrupted before training started; nothing was written', file=sys.stderr)
+        sys.exit(130)
