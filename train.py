@@ -41,7 +41,7 @@ def get_args(argv=None):
     p.add_argument('--act', choices=['leaky_relu', 'silu', 'gelu', 'softplus', 'tanh'], help='activation (preset)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
     p.add_argument('--noise', default='gaussian', choices=util.NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
-                   'fit = a Gaussian with the data mean and twice its covariance; gmm = a fitted mixture, widened')
+                   'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, widened')
     # optimisation
     p.add_argument('--epoch', type=int, help='number of epochs to train (preset; original 50)')
     p.add_argument('--batch', type=int, help='data samples per step (preset; original 100)')

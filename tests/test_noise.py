@@ -1,0 +1,53 @@
+"""The noise families and the strong preset's code path."""
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT
+from data import sample_2d_data
+from model import EBM
+from util import grid, load_checkpoint, make_noise, value
+
+
+@pytest.mark.parametrize('dataset', ['rings', 'checkerboard', 'pinwheel'])
+def test_gmm_noise_has_finite_log_density_on_the_whole_quadrature_square(dataset):
+    x = sample_2d_data(dataset, 3000, torch.Generator().manual_seed(0))
+    noise = make_noise('gmm', x)
+    log_q = noise.log_prob(grid(8.0, 200))
+    assert torch.isfinite(log_q).all() and log_q.min() > -60
+    assert noise.sample((7,)).shape == (7, 2)
+
+
+@pytest.mark.parametrize('dataset', ['8gaussians', 'swissroll', 'checkerboard'])
+def test_fit_noise_covers_every_training_point(dataset):
+    x = sample_2d_data(dataset, 5000, torch.Generator().manual_seed(0))
+    noise = make_noise('fit', x)
+    assert noise.log_prob(x).exp().min() > 1e-3
+    assert torch.allclose(noise.mean, x.mean(0))
+
+
+@pytest.mark.parametrize('kind', ['gaussian', 'fit', 'gmm'])
+def test_every_noise_gives_a_finite_objective_and_gradient(kind):
+    x = sample_2d_data('moons', 1000, torch.Generator().manual_seed(0))
+    noise, energy = make_noise(kind, x), EBM()
+    loss, _ = value(energy, noise, x[:100], noise.sample((400,)), nu=4)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(energy.c.grad)
+
+
+def test_strong_preset_trains_and_checkpoints(run, tmp_path):
+    p = run('train.py', '--preset', 'strong', '--epoch', 2, '--samples', 1024, '--noise', 'gmm', '--eval-every', 2, '--no-plot')
+    assert p.returncode == 0, p.stderr
+    ck = load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')
+    assert ck['model_kwargs'] == dict(dim=2, hidden=256, depth=3, act='silu')
+    assert ck['args']['nu'] == 4 and ck['args']['batch'] == 256 and ck['epoch'] == 1
+    energy = EBM(**ck['model_kwargs'])
+    energy.load_state_dict(ck['energy'])
+    assert ck['history'][-1]['kl'] is not None
+    # explicit flags override the preset
+    p = run('train.py', '--preset', 'strong', '--epoch', 1, '--samples', 512, '--nu', 2, '--hidden', 32,
+            '--ckpt', 'b/n.pth.tar', '--eval-every', 0, '--no-plot')
+    assert p.returncode == 0, p.stderr
+    ck = load_checkpoint(tmp_path / 'b/n.pth.tar')
+    assert ck['args']['nu'] == 2 and ck['model_kwargs']['hidden'] == 32 and ck['model_kwargs']['depth'] == 3
