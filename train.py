@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import re
+import shlex
 import sys
 import time
 
@@ -95,6 +96,13 @@ def fail(msg):
 
 def frame_path(args, epoch):
     return os.path.join(args.images, f'epoch_{epoch}.png')
+
+
+def resume_command(args):
+    """The command that continues this run exactly (all flags that define it, none that are defaults-only)."""
+    skip = ('epoch', 'resume', 'device', 'no_plot', 'eval_every')
+    flags = ' '.join(f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(args).items() if k not in skip)
+    return f'python train.py --resume {flags}' + (' --no-plot' if args.no_plot else '')
 
 
 def check_resume(args, model_kwargs):
@@ -191,8 +199,7 @@ def main(args):
         print(f'\ninterrupted: {args.ckpt} holds epoch {done}' if done is not None else '\ninterrupted before the first epoch ended',
               file=sys.stderr)
         if done is not None:
-            print(f'continue with: python train.py --resume --ckpt {args.ckpt} --dataset {args.dataset} --preset {args.preset} '
-                  f'--seed {args.seed} --samples {args.samples} --noise {args.noise}', file=sys.stderr)
+            print('continue with: ' + resume_command(args), file=sys.stderr)
         sys.exit(130)
     pbar.close()
     if not args.no_plot:

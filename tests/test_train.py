@@ -160,13 +160,19 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
 
 
 def test_ctrl_c_ends_cleanly_and_says_how_to_resume(tmp_path):
-    proc = start(tmp_path, '--epoch', 10000, '--samples', 200, '--batch', 100, '--eval-every', 0)
-    wait_for(tmp_path / 'ckpts/nce.pth.tar')
+    proc = start(tmp_path, '--epoch', 10000, '--samples', 200, '--batch', 100, '--eval-every', 0, '--hidden', 16,
+                 '--ckpt', 'run/n.pth.tar', '--images', 'run')
+    wait_for(tmp_path / 'run/n.pth.tar')
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and 'Traceback' not in err
-    assert 'python train.py --resume' in err
-    assert not [f for d in ('ckpts', 'images') for f in os.listdir(tmp_path / d) if f.endswith('.tmp')]
-    done = load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')['epoch']
-    assert (tmp_path / f'images/epoch_{done}.png').exists()
+    assert not [f for f in os.listdir(tmp_path / 'run') if f.endswith('.tmp')]
+    done = load_checkpoint(tmp_path / 'run/n.pth.tar')['epoch']
+    assert (tmp_path / f'run/epoch_{done}.png').exists()
+    # the command it prints continues the run
+    command = err.strip().splitlines()[-1].split('continue with: python train.py ')[1]
+    p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *command.split(), '--epoch', '1'], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(tmp_path / 'run/n.pth.tar')['epoch'] == done + 1
