@@ -51,3 +51,11 @@ def test_strong_preset_trains_and_checkpoints(run, tmp_path):
     assert p.returncode == 0, p.stderr
     ck = load_checkpoint(tmp_path / 'b/n.pth.tar')
     assert ck['args']['nu'] == 2 and ck['model_kwargs']['hidden'] == 32 and ck['model_kwargs']['depth'] == 3
+
+
+@pytest.mark.parametrize('kind', ['gaussian', 'fit', 'gmm'])
+def test_noise_log_prob_does_not_validate_its_input(kind):
+    """Validation would cost a host sync in every step; it must be off for every noise the loop uses."""
+    noise = make_noise(kind, sample_2d_data('rings', 500, torch.Generator().manual_seed(0)))
+    assert not noise._validate_args and not getattr(noise, 'base_dist', noise)._validate_args
+    assert noise.log_prob(torch.full((3, 2), float('nan'))).isnan().all()   # no ValueError: nothing was checked
