@@ -84,13 +84,25 @@ def test_a_fresh_run_removes_the_frames_of_an_earlier_run(run, tmp_path):
     ('--b1', 1.0), ('--b2', -0.1), ('--b1', 'x'), ('--device', 'cuda'), ('--device', 'mps'), ('--images', 'afile/sub'),
     ('--ckpt', 'afile/nce.pth.tar'), ('--resume', 'False'), ('--eval-every', -1),
 ])
-def test_bad_arguments_are_one_line_errors_that_write_nothing(run, tmp_path, args):
+def test_bad_arguments_are_one_line_errors(args, tmp_path, monkeypatch, capsys):
+    """Checked in-process: get_args exits 2 with one 'error:' line before main, the only writer, could run."""
+    import train
     if '--device' in args and (torch.cuda.is_available() if 'cuda' in args else torch.backends.mps.is_available()):
         pytest.skip('that device is present here')
+    monkeypatch.chdir(tmp_path)
     (tmp_path / 'afile').write_text('a file, not a folder')
+    with pytest.raises(SystemExit) as e:
+        train.get_args([str(a) for a in args])
+    assert e.value.code == 2
+    assert ': error: ' in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(os.listdir(tmp_path)) == ['afile']
+
+
+@pytest.mark.parametrize('args', [('--dataset', 'spirals'), ('--lr', 'nan')])
+def test_bad_arguments_end_to_end_write_nothing(run, tmp_path, args):
     p = run('train.py', *args)
     assert_one_line_error(p)
-    assert sorted(os.listdir(tmp_path)) == ['afile']
+    assert os.listdir(tmp_path) == []
 
 
 def test_resume_refuses_missing_corrupt_and_mismatched_checkpoints(run, tmp_path):
