@@ -120,14 +120,13 @@ def log_partition(energy, lim=8.0, n=320, log_p=None):
     std 0.08), and of side 4h on the rest, where no data is and the model is smooth and small. `log_p`
     may pass log p_θ on the fine grid, shape (n, n), as computed for the plot, to evaluate it only once.
     Everything is float32 (mps has no float64); the sum is a logsumexp, so no precision is lost."""
-    device = energy.c.device
     h = 2 * PLOT_LIM / n
     m = 2 * lim / (4 * h)
     if lim < PLOT_LIM or abs(m - round(m)) > 1e-6 or n % 8:
         raise ValueError(f'need lim >= {PLOT_LIM}, n a multiple of 8 and (lim - {PLOT_LIM}) a multiple of 4·8/n; got lim={lim}, n={n}')
     if log_p is None:
         log_p = window_log_p(energy, n)
-    outer = grid(lim, round(m), device)
+    outer = grid(lim, round(m), energy.c.device)
     outer = outer[(outer.abs() > PLOT_LIM).any(1)]
     # log p_θ = -f_θ - c, so ∫ exp(-f_θ) = exp(c) ∫ p_θ
     return torch.logsumexp(torch.cat([log_p.flatten() + 2 * math.log(h),

@@ -1,7 +1,6 @@
 """Every dataset: shape, count, seeding, its geometry, and a true density that is one."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

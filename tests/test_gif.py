@@ -2,7 +2,6 @@
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import ROOT, assert_one_line_error

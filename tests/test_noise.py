@@ -1,10 +1,8 @@
 """The noise families and the strong preset's code path."""
-import os
 
 import pytest
 import torch
 
-from conftest import ROOT
 from data import sample_2d_data
 from model import EBM
 from util import grid, load_checkpoint, make_noise, value
