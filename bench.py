@@ -62,7 +62,8 @@ def ours(preset):
     cfg = train.PRESETS[preset]
     torch.manual_seed(0)
     energy = EBM(hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act']).to(device)
-    params, adam = list(energy.parameters()), util.adam_init(list(energy.parameters()))
+    params = list(energy.parameters())
+    adam = util.adam_init(params)
     noise = util.make_noise('gaussian', x_train)
     xs = x_train[torch.randperm(len(x_train), device=device)]
     i = iter(range(10**9))
@@ -126,7 +127,7 @@ x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manu
 frame = plot.Frame(x_train, util.make_noise('gaussian', x_train))
 with tempfile.TemporaryDirectory() as tmp:
     log_p = util.window_log_p(energy)
-    t_eval = timed(lambda: util.evaluate(energy, x_test, 2.83), 10, burn=2)
+    t_eval = timed(lambda: util.evaluate(energy, x_test), 10, burn=2)
     t_plot = timed(lambda: frame.save(log_p, os.path.join(tmp, 'f.png')), 10, burn=2)
     t_orig_plot = timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
 epoch_ours = 100 * step_default + t_eval + t_plot

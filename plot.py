@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from util import PLOT_LIM, atomic_write, grid
+from util import GRID_N, PLOT_LIM, atomic_write, grid
 
 EXTENT = (-PLOT_LIM, PLOT_LIM, -PLOT_LIM, PLOT_LIM)
 
@@ -23,7 +23,7 @@ class Frame:
     density and the learned density exp(log p_θ), on [-4, 4]², jet, equal aspect, no axes. The first two
     panels are drawn once per run; each epoch only replaces the third panel's n×n image."""
 
-    def __init__(self, data, noise, n=320):
+    def __init__(self, data, noise, n=GRID_N):
         edges = np.linspace(-PLOT_LIM, PLOT_LIM, n + 1)
         x = data.cpu().numpy()
         hist = np.histogram2d(x[:, 1], x[:, 0], bins=(edges, edges))[0]    # rows are y

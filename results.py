@@ -1,7 +1,7 @@
 """Regenerate the results table and figure of the README: NCE against exact maximum likelihood, a Gaussian
 mixture and a kernel density estimate, every number exact (quadrature, true densities).
 
-$ python results.py               # all datasets, about 5 minutes on a 2-core CPU
+$ python results.py               # all datasets, about 8 minutes on a 2-core CPU
 $ python results.py --datasets rings moons --no-readme
 """
 import argparse
@@ -131,5 +131,5 @@ if not args.no_readme:
     if start in readme and end in readme:
         head, rest = readme.split(start)
         readme = head + start + '\n' + text + '\n' + end + rest.split(end)[1]
-        util.atomic_write(path, lambda tmp: open(tmp, 'w').write(readme))
+        util.write_text(path, readme)
         print('README.md updated')

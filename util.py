@@ -72,7 +72,7 @@ def adam_step(params, state, lr, b1, b2, eps=1e-8):
     torch._foreach_add_(state['step'], 1)
     if FUSED_ADAM is not None:
         FUSED_ADAM(params, grads, state['m'], state['v'], [], state['step'], lr=lr, beta1=b1, beta2=b2,
-                           weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+                   weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
         return
     for p, g, m, v, t in zip(params, grads, state['m'], state['v'], state['step']):
         m.lerp_(g, 1 - b1)
@@ -92,6 +92,7 @@ def lr_schedule(kind, lr, total):
 # exact evaluation: in 2D the integral over x can be done on a grid
 
 PLOT_LIM = 4.0   # the data lives in [-4, 4]²; the plots show this window
+GRID_N = 320     # cells across that window, for the plot and the quadrature alike (side 0.025)
 
 
 def grid(lim, n, device='cpu'):
@@ -107,13 +108,13 @@ def log_p_on(energy, points, chunk=8192):
     return torch.cat([energy(p).squeeze(1) for p in points.split(chunk)])
 
 
-def window_log_p(energy, n=320):
+def window_log_p(energy, n=GRID_N):
     """log p_θ on the n×n grid of the data window [-4, 4]², shape (n, n): the plot's image."""
     return log_p_on(energy, grid(PLOT_LIM, n, energy.c.device)).view(n, n)
 
 
 @torch.inference_mode()
-def log_partition(energy, lim=8.0, n=320, log_p=None):
+def log_partition(energy, lim=8.0, n=GRID_N, log_p=None):
     """log Z(θ) = log ∫ exp(-f_θ(x)) dx over [-lim, lim]², by the midpoint rule.
 
     Cells of side h = 8/n on the data window [-4, 4]² (n = 320: h = 0.025, a third of the rings' noise
@@ -134,7 +135,7 @@ def log_partition(energy, lim=8.0, n=320, log_p=None):
 
 
 @torch.inference_mode()
-def evaluate(energy, x_test, entropy=None, n=320):
+def evaluate(energy, x_test, entropy=None, n=GRID_N):
     """Exact metrics of the model: c, log_z (quadrature), the test NLL of the normalised model and, given the
     true density's entropy estimate H = mean -log p_data on the same x_test, KL(p_data || p_θ) = NLL - H.
     Also returns log p_θ on the plot's grid, so the plot reuses this evaluation."""
@@ -214,9 +215,13 @@ def write_metrics(history, path):
     with the same seed give identical files but for the seconds column."""
     cols = ('epoch', 'value', 'acc', 'c', 'log_z', 'nll', 'kl', 'seconds')
     lines = [','.join(cols)] + [','.join('' if h[k] is None else repr(h[k]) for k in cols) for h in history]
+    write_text(path, '\n'.join(lines) + '\n')
+
+
+def write_text(path, text):
     def write(tmp):
         with open(tmp, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+            f.write(text)
     atomic_write(path, write)
 
 
