@@ -1,4 +1,5 @@
 """The noise families and the strong preset's code path."""
+import math
 
 import pytest
 import torch
@@ -34,21 +35,39 @@ def test_every_noise_gives_a_finite_objective_and_gradient(kind):
     assert torch.isfinite(loss) and torch.isfinite(energy.c.grad)
 
 
-def test_strong_preset_trains_and_checkpoints(run, tmp_path):
+def test_strong_preset_trains_checkpoints_and_resumes(run, tmp_path):
     p = run('train.py', '--preset', 'strong', '--epoch', 2, '--samples', 1024, '--noise', 'gmm', '--eval-every', 2, '--no-plot')
     assert p.returncode == 0, p.stderr
     ck = load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')
-    assert ck['model_kwargs'] == dict(dim=2, hidden=256, depth=3, act='silu')
-    assert ck['args']['nu'] == 4 and ck['args']['batch'] == 256 and ck['epoch'] == 1
+    assert ck['model_kwargs'] == dict(dim=2, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25)
+    assert ck['args']['nu'] == 4 and ck['args']['batch'] == 256 and ck['args']['schedule'] == 'cosine' and ck['epoch'] == 1
+    assert ck['history'][-1]['kl'] is not None
+    # model_kwargs and the state dict rebuild the network, Fourier frequencies included
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
-    assert ck['history'][-1]['kl'] is not None
+    assert torch.equal(energy.freq, ck['energy']['freq'])
+    # the preset is part of the run: --resume needs no flag but --preset
+    p = run('train.py', '--resume', '--preset', 'strong', '--epoch', 1, '--samples', 1024, '--noise', 'gmm', '--no-plot')
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')['epoch'] == 2
     # explicit flags override the preset
-    p = run('train.py', '--preset', 'strong', '--epoch', 1, '--samples', 512, '--nu', 2, '--hidden', 32,
+    p = run('train.py', '--preset', 'strong', '--epoch', 1, '--samples', 512, '--nu', 2, '--hidden', 32, '--fourier', 0,
             '--ckpt', 'b/n.pth.tar', '--eval-every', 0, '--no-plot')
     assert p.returncode == 0, p.stderr
     ck = load_checkpoint(tmp_path / 'b/n.pth.tar')
-    assert ck['args']['nu'] == 2 and ck['model_kwargs']['hidden'] == 32 and ck['model_kwargs']['depth'] == 3
+    assert ck['args']['nu'] == 2 and ck['model_kwargs'] == dict(dim=2, hidden=32, depth=3, act='silu')
+
+
+def test_fourier_features_are_fixed_sin_cos_of_the_input():
+    torch.manual_seed(0)
+    energy = EBM(hidden=16, depth=1, fourier=8, fourier_std=0.5)
+    assert energy.freq.shape == (2, 8) and not energy.freq.requires_grad
+    assert energy.freq.std().item() == pytest.approx(0.5, rel=0.6)
+    x = torch.randn(5, 2)
+    z = 2 * math.pi * x @ energy.freq
+    features = torch.cat([x, z.sin(), z.cos()], 1)
+    assert torch.allclose(energy(x), -energy.f(features) - energy.c)
+    assert energy.f[0].in_features == 2 + 16
 
 
 @pytest.mark.parametrize('kind', ['gaussian', 'fit', 'gmm'])

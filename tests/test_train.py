@@ -81,7 +81,8 @@ def test_a_fresh_run_removes_the_frames_of_an_earlier_run(run, tmp_path):
     ('--dataset', 'spirals'), ('--noise', 'uniform'), ('--epoch', 0), ('--batch', 0), ('--samples', 0),
     ('--nu', 0), ('--samples', 50, '--batch', 100), ('--lr', 'nan'), ('--lr', 'inf'), ('--lr', 0), ('--lr', -1e-3),
     ('--b1', 1.0), ('--b2', -0.1), ('--b1', 'x'), ('--device', 'cuda'), ('--device', 'mps'), ('--images', 'afile/sub'),
-    ('--ckpt', 'afile/nce.pth.tar'), ('--resume', 'False'), ('--eval-every', -1),
+    ('--ckpt', 'afile/nce.pth.tar'), ('--resume', 'False'), ('--eval-every', -1), ('--fourier', -1), ('--fourier-std', 0),
+    ('--fourier-std', 'nan'),
 ])
 def test_bad_arguments_are_one_line_errors(args, tmp_path, monkeypatch, capsys):
     """Checked in-process: get_args exits 2 with one 'error:' line before main, the only writer, could run."""
