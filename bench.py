@@ -57,19 +57,24 @@ print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__versi
 a, w = torch.randn(200, 128, device=device), torch.randn(128, 128, device=device)
 floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 
-# ours, exactly the step train.py runs
+# ours, exactly the steps train.py runs: an epoch's batches from train.batches, then train.train_step
 def ours(preset):
     cfg = train.PRESETS[preset]
     torch.manual_seed(0)
-    energy = EBM(hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act']).to(device)
+    energy = EBM(hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act'], fourier=cfg['fourier'],
+                 fourier_std=cfg['fourier_std']).to(device)
     params = list(energy.parameters())
     adam = util.adam_init(params)
     noise = util.make_noise('gaussian', x_train)
-    xs = x_train[torch.randperm(len(x_train), device=device)]
-    i = iter(range(10**9))
+    log_q_train = noise.log_prob(x_train)
+    epoch = iter(())
     def step():
-        k = next(i) % (len(xs) // cfg['batch'])
-        train.train_step(energy, params, adam, noise, xs[k * cfg['batch']:(k + 1) * cfg['batch']], cfg['nu'], cfg['lr'], 0.9, 0.999)
+        nonlocal epoch
+        batch = next(epoch, None)
+        if batch is None:       # a new epoch: its data order and noise are drawn here, as in train.py
+            epoch = train.batches(x_train, log_q_train, noise, cfg['nu'], cfg['batch'])
+            batch = next(epoch)
+        train.train_step(energy, params, adam, *batch, cfg['nu'], cfg['lr'], 0.9, 0.999)
     return timed(step, args.steps), energy
 
 # the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch
@@ -120,7 +125,7 @@ orig_step = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
 print(f'matmul floor (3 products 200x128x128): {floor * 1e3:.3f} ms')
 print(f'step, default (batch 100, nu 1):  {step_default * 1e3:.3f} ms, {1 / step_default:.0f} steps/s, '
       f'floor/step {floor / step_default:.0%}; original loop {orig_step * 1e3:.3f} ms: {orig_step / step_default:.1f}x faster')
-print(f'step, strong (batch 256, nu 4, 3x256): {step_strong * 1e3:.3f} ms, {1 / step_strong:.0f} steps/s')
+print(f'step, strong (batch 256, nu 4, 3x128 on 64 Fourier features): {step_strong * 1e3:.3f} ms, {1 / step_strong:.0f} steps/s')
 
 import plot
 x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manual_seed(1)).to(device)

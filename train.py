@@ -106,11 +106,12 @@ def frame_path(args, epoch):
     return os.path.join(args.images, f'epoch_{epoch}.png')
 
 
-def resume_command(args):
-    """The command that continues this run exactly (all flags that define it, none that are defaults-only)."""
+def resume_command(args, epochs_left):
+    """The command that finishes this run exactly as if it had not stopped: every flag that defines the run, and
+    the epochs it had left, so that a cosine schedule keeps its length."""
     skip = ('epoch', 'resume', 'device', 'no_plot', 'eval_every')
     flags = ' '.join(f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(args).items() if k not in skip)
-    return f'python train.py --resume {flags}' + (' --no-plot' if args.no_plot else '')
+    return f'python train.py --resume --epoch {epochs_left} {flags}' + (' --no-plot' if args.no_plot else '')
 
 
 def check_resume(args, model_kwargs):
@@ -128,10 +129,22 @@ def check_resume(args, model_kwargs):
     return ckpt
 
 
-def train_step(energy, params, adam, noise, x, nu, lr, b1, b2):
-    """One NCE step: ν noise samples per data sample, -V(θ), backward, Adam. No host sync."""
-    gen = noise.sample((nu * len(x),))
-    loss, acc = util.value(energy, noise, x, gen, nu)
+def batches(x_train, log_q_train, noise, nu, batch):
+    """One epoch's steps: the data in a fresh random order with ν fresh noise samples per data sample, the
+    noise drawn and its log-density computed once for the whole epoch. Yields (x, gen, log q at [x; gen])."""
+    n = len(x_train)
+    perm = torch.randperm(n, device=x_train.device)
+    xs, log_q_xs = x_train[perm], log_q_train[perm]
+    gen = noise.sample((nu * n,))
+    log_q_gen = noise.log_prob(gen)
+    for i in range(0, n, batch):
+        d, g = slice(i, i + batch), slice(nu * i, nu * (i + batch))
+        yield xs[d], gen[g], torch.cat([log_q_xs[d], log_q_gen[g]])
+
+
+def train_step(energy, params, adam, x, gen, log_q, nu, lr, b1, b2):
+    """One NCE step: -V(θ) on a batch of data and noise, backward, Adam. No host sync."""
+    loss, acc = util.value(energy, None, x, gen, nu, log_q)
     for p in params:
         p.grad = None
     loss.backward()
@@ -149,6 +162,7 @@ def main(args):
     torch.manual_seed(args.seed)
     x_train = sample_2d_data(args.dataset, args.samples, torch.Generator().manual_seed(args.seed)).to(device)
     noise = util.make_noise(args.noise, x_train)
+    log_q_train = noise.log_prob(x_train)                     # once: the training data never changes
     energy = EBM(**model_kwargs).to(device)
     params = list(energy.parameters())
     adam = util.adam_init(params)
@@ -180,11 +194,9 @@ def main(args):
     try:
         for epoch in pbar:
             t0 = time.time()
-            xs = x_train[torch.randperm(args.samples, device=device)]
             losses, accs = torch.empty(steps, device=device), torch.empty(steps, device=device)
-            for i in range(steps):
-                x = xs[i * args.batch:(i + 1) * args.batch]
-                losses[i], accs[i] = train_step(energy, params, adam, noise, x, args.nu, lr_at(epoch * steps + i), args.b1, args.b2)
+            for i, (x, gen, log_q) in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
+                losses[i], accs[i] = train_step(energy, params, adam, x, gen, log_q, args.nu, lr_at(epoch * steps + i), args.b1, args.b2)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):
@@ -209,7 +221,7 @@ def main(args):
         print(f'\ninterrupted: {args.ckpt} holds epoch {done}' if done is not None else '\ninterrupted before the first epoch ended',
               file=sys.stderr)
         if done is not None:
-            print('continue with: ' + resume_command(args), file=sys.stderr)
+            print('continue with: ' + resume_command(args, end - done - 1), file=sys.stderr)
         sys.exit(130)
     pbar.close()
     if not args.no_plot:

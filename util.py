@@ -7,20 +7,23 @@ import torch
 import torch.nn.functional as F
 
 
-def value(energy, noise, x, gen, nu=1):
+def value(energy, noise, x, gen, nu=1, log_q=None):
     """-V(θ) and the classification accuracy, for ν = len(gen) / len(x) noise samples per data sample:
 
         V(θ) = E_data log σ(G(x)) + ν E_noise log σ(-G(x̃)),   G(u) = log p_θ(u) - log q(u) - log ν,
 
     the logistic-regression log-likelihood of telling data from noise (Gutmann & Hyvärinen 2012); at
-    ν = 1 this is the original E log p/(p+q) + E log q/(p+q). log σ keeps it finite for any logit.
-    Data and noise go through the network in one pass. The accuracy stays a tensor (no host sync)."""
+    ν = 1 this is the original E log p/(p+q) + E log q/(p+q). With n data and νn noise samples both
+    averages weigh each term by 1/n, so V = (1/n) Σ_u log σ(s_u G(u)) over the whole batch, with the label
+    s = +1 on data and -1 on noise. log σ keeps it finite for any logit. Data and noise go through the
+    network in one pass; `log_q` may pass log q at [x; gen] where it is already known (the training loop
+    computes it once an epoch). The accuracy stays a tensor (no host sync)."""
     u = torch.cat([x, gen])
-    logit = energy(u).squeeze(1) - noise.log_prob(u) - math.log(nu)
-    logit_x, logit_gen = logit[:len(x)], logit[len(x):]
-    v = F.logsigmoid(logit_x).mean() + nu * F.logsigmoid(-logit_gen).mean()
-    acc = ((logit_x > 0).sum() + (logit_gen < 0).sum()) / len(u)
-    return -v, acc
+    if log_q is None:
+        log_q = noise.log_prob(u)
+    logit = energy(u).squeeze(1) - log_q - math.log(nu)
+    s_logit = torch.cat([logit[:len(x)], -logit[len(x):]])
+    return -F.logsigmoid(s_logit).sum() / len(x), (s_logit > 0).sum() / len(u)
 
 
 NOISES = ('gaussian', 'fit', 'gmm')

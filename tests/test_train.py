@@ -184,6 +184,7 @@ def test_ctrl_c_ends_cleanly_and_says_how_to_resume(tmp_path):
     assert (tmp_path / f'run/epoch_{done}.png').exists()
     # the command it prints continues the run
     command = err.strip().splitlines()[-1].split('continue with: python train.py ')[1]
+    assert command.startswith(f'--resume --epoch {10000 - done - 1} ')     # the epochs it had left
     p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *command.split(), '--epoch', '1'], cwd=tmp_path,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
