@@ -189,3 +189,46 @@ def test_ctrl_c_ends_cleanly_and_says_how_to_resume(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert load_checkpoint(tmp_path / 'run/n.pth.tar')['epoch'] == done + 1
+
+
+def test_a_cosine_run_interrupted_and_resumed_by_the_printed_command_is_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after epoch 0 of 3; the command it prints resumes with the 2 epochs left, so the cosine schedule
+    keeps its length and the run ends exactly where the uninterrupted one does."""
+    import shlex
+    import train
+    import util
+    monkeypatch.chdir(tmp_path)
+    common = ['--samples', '300', '--batch', '64', '--schedule', 'cosine', '--lr', '0.01', '--hidden', '16', '--nu', '3',
+              '--fourier', '4', '--eval-every', '0', '--no-plot', '--epoch', '3']
+    train.main(train.get_args([*common, '--ckpt', 'a.pth.tar']))
+    write_metrics = util.write_metrics
+    def interrupt(*a):                   # Ctrl-C just after the first checkpoint is written
+        monkeypatch.setattr(util, 'write_metrics', write_metrics)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(util, 'write_metrics', interrupt)
+    with pytest.raises(SystemExit) as e:
+        train.main(train.get_args([*common, '--ckpt', 'b.pth.tar']))
+    assert e.value.code == 130 and load_checkpoint(tmp_path / 'b.pth.tar')['epoch'] == 0
+    command = capsys.readouterr().err.strip().splitlines()[-1].split('continue with: python train.py ')[1]
+    assert command.startswith('--resume --epoch 2 ')
+    train.main(train.get_args(shlex.split(command)))
+    whole, split = load_checkpoint(tmp_path / 'a.pth.tar'), load_checkpoint(tmp_path / 'b.pth.tar')
+    assert split['epoch'] == whole['epoch'] == 2
+    assert all(torch.equal(whole['energy'][k], split['energy'][k]) for k in whole['energy'])
+
+
+def test_an_epoch_of_batches_uses_every_point_once_with_nu_noise_samples_each():
+    import train
+    from data import sample_2d_data
+    from util import make_noise
+    torch.manual_seed(0)
+    x = sample_2d_data('moons', 250, torch.Generator().manual_seed(0))
+    noise = make_noise('gaussian', x)
+    steps = list(train.batches(x, noise.log_prob(x), noise, 3, 100))
+    assert [(len(a), len(g), len(q)) for a, g, q in steps] == [(100, 300, 400), (100, 300, 400), (50, 150, 200)]
+    seen = torch.cat([a for a, _, _ in steps])
+    assert torch.equal(seen[seen[:, 0].argsort()], x[x[:, 0].argsort()])          # a permutation of the data
+    for a, g, q in steps:
+        assert torch.allclose(q, noise.log_prob(torch.cat([a, g])))
+    gens = torch.cat([g for _, g, _ in steps])
+    assert gens.std().item() == pytest.approx(2.0, rel=0.1)                        # fresh draws from N(0, 4I)

@@ -38,6 +38,9 @@ def test_value_is_binary_cross_entropy_of_log_p_minus_log_q(scale, nu):
     if scale == 1e4:
         assert lx.abs().max() > 1e3          # the extreme logits really were extreme
     assert isinstance(acc, torch.Tensor)     # no host sync inside the step
+    # the training loop's form: log q computed beforehand, for a whole epoch at once
+    loss_pre, acc_pre = value(energy, None, x, gen, nu, log_q=NOISE.log_prob(torch.cat([x, gen])))
+    assert torch.equal(loss_pre, loss) and torch.equal(acc_pre, acc)
     assert acc.item() == pytest.approx(((lx > 0).sum() + (lg < 0).sum()).item() / (len(x) + len(gen)))
 
 
