@@ -28,6 +28,7 @@ PRESETS = {
 }
 TEST_SAMPLES, TEST_SEED = 20000, 2**32      # the held-out set: its own seed, never the training data's
 RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset')  # what must match to --resume a checkpoint
+FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes into --images
 
 
 def get_args(argv=None):
@@ -176,8 +177,11 @@ def main(args):
     elif not args.no_plot:
         # a fresh run that plots owns --images: remove an earlier run's frames so a GIF never mixes two runs
         for f in os.listdir(args.images) if os.path.isdir(args.images) else []:
-            if re.fullmatch(r'epoch_\d+\.png|curves\.png', f):
+            if re.fullmatch(FRAMES, f):
                 os.remove(os.path.join(args.images, f))
+    # a run killed while writing leaves a temporary file beside the one it wrote; this run's paths are ours
+    util.remove_leftovers(os.path.dirname(args.ckpt) or '.', re.escape(os.path.basename(args.ckpt)) + r'|metrics\.csv')
+    util.remove_leftovers(args.images, FRAMES)
     end = start + args.epoch
     lr_at = util.lr_schedule(args.schedule, args.lr, total=end * steps)
     evaluating = args.eval_every > 0

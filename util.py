@@ -171,6 +171,15 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
+def remove_leftovers(folder, name_pattern):
+    """Remove the temporary files atomic_write leaves when a process is killed mid-write, for the files in
+    folder whose names match name_pattern (a regular expression), and nothing else."""
+    import re
+    for f in os.listdir(folder) if os.path.isdir(folder) else []:
+        if re.fullmatch(r'\.(' + name_pattern + r')\.\w+\.tmp', f):
+            os.remove(os.path.join(folder, f))
+
+
 def save_checkpoint(state, path):
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 

@@ -232,3 +232,16 @@ def test_an_epoch_of_batches_uses_every_point_once_with_nu_noise_samples_each():
         assert torch.allclose(q, noise.log_prob(torch.cat([a, g])))
     gens = torch.cat([g for _, g, _ in steps])
     assert gens.std().item() == pytest.approx(2.0, rel=0.1)                        # fresh draws from N(0, 4I)
+
+
+def test_a_run_removes_the_temporary_files_a_killed_run_left_and_nothing_else(run, tmp_path):
+    (tmp_path / 'ckpts').mkdir()
+    (tmp_path / 'images').mkdir()
+    leftovers = ['ckpts/.nce.pth.tar.k3j_x9a1.tmp', 'ckpts/.metrics.csv.0abc.tmp', 'images/.epoch_3.png.zz12.tmp',
+                 'images/.curves.png.q1.tmp']
+    others = ['ckpts/.other.pth.tar.k3j_x9a1.tmp', 'ckpts/notes.tmp', 'images/.epoch_3.png.txt', 'images/.mine.tmp']
+    for f in leftovers + others:
+        (tmp_path / f).write_text('x')
+    assert run('train.py', '--epoch', 1, '--eval-every', 0, '--no-plot', *SMALL).returncode == 0
+    assert [f for f in leftovers if (tmp_path / f).exists()] == []
+    assert all((tmp_path / f).exists() for f in others)
