@@ -61,8 +61,7 @@ floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 def ours(preset):
     cfg = train.PRESETS[preset]
     torch.manual_seed(0)
-    energy = EBM(hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act'], fourier=cfg['fourier'],
-                 fourier_std=cfg['fourier_std']).to(device)
+    energy = EBM(**train.network_kwargs(cfg)).to(device)
     params = list(energy.parameters())
     adam = util.adam_init(params)
     noise = util.make_noise('gaussian', x_train)

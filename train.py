@@ -153,10 +153,17 @@ def train_step(energy, params, adam, x, gen, log_q, nu, lr, b1, b2):
     return loss.detach(), acc
 
 
+def network_kwargs(cfg):
+    """EBM's arguments for a run's or a preset's settings (a dict). The Fourier ones appear only where the
+    network has features, so a checkpoint of a plain network keeps the original's model_kwargs."""
+    kwargs = dict(dim=2, hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act'])
+    if cfg['fourier']:
+        kwargs.update(fourier=cfg['fourier'], fourier_std=cfg['fourier_std'])
+    return kwargs
+
+
 def main(args):
-    model_kwargs = dict(dim=2, hidden=args.hidden, depth=args.depth, act=args.act)
-    if args.fourier:
-        model_kwargs.update(fourier=args.fourier, fourier_std=args.fourier_std)
+    model_kwargs = network_kwargs(vars(args))
     ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm
     device = torch.device(args.device)
@@ -176,12 +183,10 @@ def main(args):
         start, history = ckpt['epoch'] + 1, ckpt['history']
     elif not args.no_plot:
         # a fresh run that plots owns --images: remove an earlier run's frames so a GIF never mixes two runs
-        for f in os.listdir(args.images) if os.path.isdir(args.images) else []:
-            if re.fullmatch(FRAMES, f):
-                os.remove(os.path.join(args.images, f))
+        util.remove_matching(args.images, FRAMES)
     # a run killed while writing leaves a temporary file beside the one it wrote; this run's paths are ours
-    util.remove_leftovers(os.path.dirname(args.ckpt) or '.', re.escape(os.path.basename(args.ckpt)) + r'|metrics\.csv')
-    util.remove_leftovers(args.images, FRAMES)
+    util.remove_matching(os.path.dirname(args.ckpt) or '.', util.leftovers(re.escape(os.path.basename(args.ckpt)) + r'|metrics\.csv'))
+    util.remove_matching(args.images, util.leftovers(FRAMES))
     end = start + args.epoch
     lr_at = util.lr_schedule(args.schedule, args.lr, total=end * steps)
     evaluating = args.eval_every > 0

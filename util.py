@@ -171,12 +171,17 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
-def remove_leftovers(folder, name_pattern):
-    """Remove the temporary files atomic_write leaves when a process is killed mid-write, for the files in
-    folder whose names match name_pattern (a regular expression), and nothing else."""
+def leftovers(name_pattern):
+    """The names of the temporary files atomic_write makes for files named name_pattern (a regular
+    expression): what a process killed mid-write leaves behind."""
+    return r'\.(' + name_pattern + r')\.\w+\.tmp'
+
+
+def remove_matching(folder, pattern):
+    """Remove the files in folder whose whole name matches the regular expression pattern, and nothing else."""
     import re
     for f in os.listdir(folder) if os.path.isdir(folder) else []:
-        if re.fullmatch(r'\.(' + name_pattern + r')\.\w+\.tmp', f):
+        if re.fullmatch(pattern, f):
             os.remove(os.path.join(folder, f))
 
 
