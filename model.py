@@ -4,12 +4,15 @@ import math
 import torch
 import torch.nn as nn
 
+aten = torch.ops.aten
+# each activation: its module, and its backward (dL/dh, z) -> dL/dz for h = act(z), the same ATen kernel
+# autograd calls for it, so the hand-written backward of EBM.log_p_and_backward matches autograd exactly
 ACTIVATIONS = {
-    'leaky_relu': lambda: nn.LeakyReLU(0.2),
-    'silu': nn.SiLU,
-    'gelu': nn.GELU,
-    'softplus': nn.Softplus,
-    'tanh': nn.Tanh,
+    'leaky_relu': (lambda: nn.LeakyReLU(0.2), lambda g, z: aten.leaky_relu_backward(g, z, 0.2, False)),
+    'silu': (nn.SiLU, aten.silu_backward),
+    'gelu': (nn.GELU, aten.gelu_backward),
+    'softplus': (nn.Softplus, lambda g, z: aten.softplus_backward(g, z, 1, 20)),
+    'tanh': (nn.Tanh, lambda g, z: aten.tanh_backward(g, torch.tanh(z))),
 }
 
 
@@ -24,16 +27,44 @@ class EBM(nn.Module):
     def __init__(self, dim=2, hidden=128, depth=2, act='leaky_relu', fourier=0, fourier_std=0.25):
         super().__init__()
         self.register_buffer('freq', fourier_std * torch.randn(dim, fourier) if fourier else None)
+        self.act_backward = ACTIVATIONS[act][1]
         layers, width = [], dim + 2 * fourier
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[act]()]
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[act][0]()]
             width = hidden
         self.f = nn.Sequential(*layers, nn.Linear(width, 1))
         # c is trained like any other weight; NCE makes it converge to log Z(θ) = log ∫ exp(-f_θ)
         self.c = nn.Parameter(torch.tensor([1.0]))
 
+    def features(self, x):
+        if self.freq is None:
+            return x
+        z = (2 * math.pi) * (x @ self.freq)
+        return torch.cat([x, z.sin(), z.cos()], 1)
+
     def forward(self, x):
-        if self.freq is not None:
-            z = (2 * math.pi) * (x @ self.freq)
-            x = torch.cat([x, z.sin(), z.cos()], 1)
-        return -self.f(x) - self.c
+        return -self.f(self.features(x)) - self.c
+
+    @torch.no_grad()
+    def log_p_and_backward(self, x):
+        """log p_θ(x), as forward(x), and a function that takes dL/d log p_θ(x) and stores dL/dθ in each
+        parameter's .grad: backpropagation through the MLP written out. Autograd gives the same gradient
+        (tests/test_value.py checks it), but on a network this small its bookkeeping costs more than the
+        arithmetic. Only the weights get gradients: the features of x have none to pass on."""
+        h, inputs = self.features(x), []
+        for layer in self.f:
+            inputs.append(h)
+            h = layer(h)
+
+        @torch.no_grad()
+        def backward(grad_log_p):
+            g = -grad_log_p.unsqueeze(1)                       # log p = -f - c: dL/df = -dL/d log p
+            self.c.grad = -grad_log_p.sum(0, keepdim=True)
+            for i in reversed(range(len(self.f))):
+                layer, h = self.f[i], inputs[i]
+                if isinstance(layer, nn.Linear):               # z = h Wᵀ + b
+                    layer.weight.grad, layer.bias.grad = g.T @ h, g.sum(0)
+                    g = g @ layer.weight if i else None        # the input x needs no gradient
+                else:                                          # h' = act(h)
+                    g = self.act_backward(g, h)
+        return -h.squeeze(1) - self.c, backward

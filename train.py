@@ -132,25 +132,28 @@ def check_resume(args, model_kwargs):
 
 def batches(x_train, log_q_train, noise, nu, batch):
     """One epoch's steps: the data in a fresh random order with ν fresh noise samples per data sample, the
-    noise drawn and its log-density computed once for the whole epoch. Yields (x, gen, log q at [x; gen])."""
-    n = len(x_train)
-    perm = torch.randperm(n, device=x_train.device)
-    xs, log_q_xs = x_train[perm], log_q_train[perm]
+    noise drawn and its log-density computed once for the whole epoch. Yields util.value_and_grad's batch
+    (u, s, log_q): u = [x; gen], labels s = ±1, and log q at u."""
+    n, device = len(x_train), x_train.device
+    perm = torch.randperm(n, device=device)
     gen = noise.sample((nu * n,))
-    log_q_gen = noise.log_prob(gen)
+    u = torch.cat([x_train[perm], gen])
+    s = torch.cat([torch.ones(n, device=device), -torch.ones(nu * n, device=device)])
+    log_q = torch.cat([log_q_train[perm], noise.log_prob(gen)])
+    # put each step's data, then its noise, side by side, so that a step is one slice of the epoch
+    step = torch.cat([torch.arange(n, device=device), torch.arange(nu * n, device=device) // nu]) // batch
+    order = torch.argsort(step, stable=True)
+    u, s, log_q = u[order], s[order], log_q[order]
     for i in range(0, n, batch):
-        d, g = slice(i, i + batch), slice(nu * i, nu * (i + batch))
-        yield xs[d], gen[g], torch.cat([log_q_xs[d], log_q_gen[g]])
+        step = slice((1 + nu) * i, (1 + nu) * min(i + batch, n))
+        yield u[step], s[step], log_q[step]
 
 
-def train_step(energy, params, adam, x, gen, log_q, nu, lr, b1, b2):
-    """One NCE step: -V(θ) on a batch of data and noise, backward, Adam. No host sync."""
-    loss, acc = util.value(energy, None, x, gen, nu, log_q)
-    for p in params:
-        p.grad = None
-    loss.backward()
+def train_step(energy, params, adam, u, s, log_q, nu, lr, b1, b2):
+    """One NCE step: -V(θ) and its gradient on a batch of data and noise, then Adam. No host sync."""
+    loss, acc = util.value_and_grad(energy, u, s, log_q, nu)
     util.adam_step(params, adam, lr, b1, b2)
-    return loss.detach(), acc
+    return loss, acc
 
 
 def network_kwargs(cfg):
@@ -204,8 +207,8 @@ def main(args):
         for epoch in pbar:
             t0 = time.time()
             losses, accs = torch.empty(steps, device=device), torch.empty(steps, device=device)
-            for i, (x, gen, log_q) in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
-                losses[i], accs[i] = train_step(energy, params, adam, x, gen, log_q, args.nu, lr_at(epoch * steps + i), args.b1, args.b2)
+            for i, batch in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
+                losses[i], accs[i] = train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):

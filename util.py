@@ -26,6 +26,23 @@ def value(energy, noise, x, gen, nu=1, log_q=None):
     return -F.logsigmoid(s_logit).sum() / len(x), (s_logit > 0).sum() / len(u)
 
 
+def value_and_grad(energy, u, s, log_q, nu):
+    """-V(θ) and the accuracy as value() computes them, on a batch u = [x; gen] of n data and νn noise samples
+    with labels s = +1 on data and -1 on noise and log q at u; and the gradient of -V, stored in each
+    parameter's .grad, as backward() would leave it. As d log σ(t)/dt = σ(-t),
+
+        d(-V)/d log p_θ(u) = -s σ(-s G(u)) / n,
+
+    which EBM.log_p_and_backward carries back to the weights. Autograd's own kernels for log σ and its
+    derivative keep every bit of the gradient equal to autograd's through value()."""
+    n = len(u) // (1 + nu)
+    log_p, backward = energy.log_p_and_backward(u)
+    s_logit = s * (log_p - log_q - math.log(nu))
+    log_sigma, buffer = torch.ops.aten.log_sigmoid_forward(s_logit)
+    backward(s * torch.ops.aten.log_sigmoid_backward(torch.full_like(s_logit, -1 / n), s_logit, buffer))
+    return -log_sigma.sum() / n, (s_logit > 0).sum() / len(u)
+
+
 NOISES = ('gaussian', 'fit', 'gmm')
 
 

@@ -225,12 +225,14 @@ def test_an_epoch_of_batches_uses_every_point_once_with_nu_noise_samples_each():
     x = sample_2d_data('moons', 250, torch.Generator().manual_seed(0))
     noise = make_noise('gaussian', x)
     steps = list(train.batches(x, noise.log_prob(x), noise, 3, 100))
-    assert [(len(a), len(g), len(q)) for a, g, q in steps] == [(100, 300, 400), (100, 300, 400), (50, 150, 200)]
-    seen = torch.cat([a for a, _, _ in steps])
+    assert [(len(u), len(s), len(q)) for u, s, q in steps] == [(400, 400, 400), (400, 400, 400), (200, 200, 200)]
+    for u, s, log_q in steps:          # n data, then 3n noise samples, with their labels and log q
+        n = len(u) // 4
+        assert torch.equal(s, torch.cat([torch.ones(n), -torch.ones(3 * n)]))
+        assert torch.allclose(log_q, noise.log_prob(u))
+    seen = torch.cat([u[:len(u) // 4] for u, _, _ in steps])
     assert torch.equal(seen[seen[:, 0].argsort()], x[x[:, 0].argsort()])          # a permutation of the data
-    for a, g, q in steps:
-        assert torch.allclose(q, noise.log_prob(torch.cat([a, g])))
-    gens = torch.cat([g for _, g, _ in steps])
+    gens = torch.cat([u[len(u) // 4:] for u, _, _ in steps])
     assert gens.std().item() == pytest.approx(2.0, rel=0.1)                        # fresh draws from N(0, 4I)
 
 

@@ -6,8 +6,8 @@ import torch
 import torch.distributions as D
 import torch.nn.functional as F
 
-from model import EBM
-from util import value
+from model import ACTIVATIONS, EBM
+from util import value, value_and_grad
 
 NOISE = D.MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))   # the original noise, an independent object
 
@@ -106,3 +106,26 @@ def test_adam_step_is_torch_adam(monkeypatch):
     fused.step()
     for a, b, old in zip(params, nets[1].parameters(), before):
         assert not torch.equal(a, old) and torch.allclose(a, b, atol=1e-7)
+
+
+@pytest.mark.parametrize('act', ACTIVATIONS)
+@pytest.mark.parametrize('fourier,nu', [(0, 1), (8, 4)])
+def test_the_hand_written_gradient_is_autograds(act, fourier, nu):
+    """The training step's value_and_grad against value() differentiated by autograd: the same loss, accuracy
+    and gradient of every parameter, bit for bit, for each activation, with and without Fourier features."""
+    torch.manual_seed(3)
+    energy = EBM(depth=3, hidden=16, act=act, fourier=fourier).double()
+    x, gen = torch.randn(40, 2, dtype=torch.float64), 2 * torch.randn(40 * nu, 2, dtype=torch.float64)
+    noise = D.MultivariateNormal(torch.zeros(2, dtype=torch.float64), 4 * torch.eye(2, dtype=torch.float64))
+    loss, acc = value(energy, noise, x, gen, nu)
+    loss.backward()
+    expect = {k: p.grad.clone() for k, p in energy.named_parameters()}
+    energy.zero_grad(set_to_none=True)
+    u = torch.cat([x, gen])
+    s = torch.cat([torch.ones(40), -torch.ones(40 * nu)]).double()
+    loss2, acc2 = value_and_grad(energy, u, s, noise.log_prob(u), nu)
+    assert torch.equal(loss2, loss.detach()) and torch.equal(acc2, acc)
+    assert 0.05 < acc.item() < 0.95                                  # a batch with both kinds of mistake
+    for k, p in energy.named_parameters():
+        assert p.grad is not None and p.grad.grad_fn is None, k
+        assert torch.equal(p.grad, expect[k]), k          # bit for bit: the same kernels in the same order
