@@ -166,6 +166,7 @@ def network_kwargs(cfg):
 
 
 def main(args):
+    util.keep_freed_memory()
     model_kwargs = network_kwargs(vars(args))
     ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm

@@ -101,6 +101,22 @@ def adam_step(params, state, lr, b1, b2, eps=1e-8):
         p.data.sub_(lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps))
 
 
+def keep_freed_memory():
+    """Have glibc keep the memory the process frees for its next tensors, instead of handing every freed
+    block over 128 KB back to the system and faulting its pages in again on the next allocation: each epoch
+    allocates the same few MB-sized tensors, and on our 2-core VM that cost 35000 to 50000 page faults an
+    epoch, a third of its time. The peak memory stays the same. Does nothing where the C library is not
+    glibc (macOS, Windows, musl)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's malloc.h
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)        # blocks up to 32 MB from the heap (glibc's own upper bound)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)         # and the heap's freed top kept, not returned
+
+
 def lr_schedule(kind, lr, total):
     """The learning rate at each step: constant (the original), or a cosine decay to 0 over `total` steps."""
     if kind == 'cosine':
