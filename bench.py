@@ -57,7 +57,8 @@ print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__versi
 a, w = torch.randn(200, 128, device=device), torch.randn(128, 128, device=device)
 floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 
-# ours, exactly the steps train.py runs: an epoch's batches from train.batches, then train.train_step
+# ours, exactly the steps train.py runs: an epoch's batches from train.batches, train.train_step on each,
+# and the steps' values and accuracies from util.step_values when the epoch ends
 def ours(preset):
     cfg = train.PRESETS[preset]
     torch.manual_seed(0)
@@ -66,14 +67,16 @@ def ours(preset):
     adam = util.adam_init(params)
     noise = util.make_noise('gaussian', x_train)
     log_q_train = noise.log_prob(x_train)
-    epoch = iter(())
+    epoch, logits = iter(()), []
     def step():
-        nonlocal epoch
+        nonlocal epoch, logits
         batch = next(epoch, None)
         if batch is None:       # a new epoch: its data order and noise are drawn here, as in train.py
-            epoch = train.batches(x_train, log_q_train, noise, cfg['nu'], cfg['batch'])
+            if logits:
+                util.step_values(logits, cfg['nu'])
+            epoch, logits = train.batches(x_train, log_q_train, noise, cfg['nu'], cfg['batch']), []
             batch = next(epoch)
-        train.train_step(energy, params, adam, *batch, cfg['nu'], cfg['lr'], 0.9, 0.999)
+        logits.append(train.train_step(energy, params, adam, *batch, cfg['nu'], cfg['lr'], 0.9, 0.999))
     return timed(step, args.steps), energy
 
 # the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch

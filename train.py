@@ -132,7 +132,7 @@ def check_resume(args, model_kwargs):
 
 def batches(x_train, log_q_train, noise, nu, batch):
     """One epoch's steps: the data in a fresh random order with ν fresh noise samples per data sample, the
-    noise drawn and its log-density computed once for the whole epoch. Yields util.value_and_grad's batch
+    noise drawn and its log-density computed once for the whole epoch. Yields util.nce_backward's batch
     (u, s, log_q): u = [x; gen], labels s = ±1, and log q at u."""
     n, device = len(x_train), x_train.device
     perm = torch.randperm(n, device=device)
@@ -150,10 +150,11 @@ def batches(x_train, log_q_train, noise, nu, batch):
 
 
 def train_step(energy, params, adam, u, s, log_q, nu, lr, b1, b2):
-    """One NCE step: -V(θ) and its gradient on a batch of data and noise, then Adam. No host sync."""
-    loss, acc = util.value_and_grad(energy, u, s, log_q, nu)
+    """One NCE step: the gradient of -V(θ) on a batch of data and noise, then Adam. No host sync. Returns
+    the batch's s·G(u), for util.step_values."""
+    s_logit = util.nce_backward(energy, u, s, log_q, nu)
     util.adam_step(params, adam, lr, b1, b2)
-    return loss, acc
+    return s_logit
 
 
 def network_kwargs(cfg):
@@ -207,9 +208,10 @@ def main(args):
     try:
         for epoch in pbar:
             t0 = time.time()
-            losses, accs = torch.empty(steps, device=device), torch.empty(steps, device=device)
+            logits = []
             for i, batch in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
-                losses[i], accs[i] = train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2)
+                logits.append(train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2))
+            losses, accs = util.step_values(logits, args.nu)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):

@@ -26,21 +26,31 @@ def value(energy, noise, x, gen, nu=1, log_q=None):
     return -F.logsigmoid(s_logit).sum() / len(x), (s_logit > 0).sum() / len(u)
 
 
-def value_and_grad(energy, u, s, log_q, nu):
-    """-V(θ) and the accuracy as value() computes them, on a batch u = [x; gen] of n data and νn noise samples
-    with labels s = +1 on data and -1 on noise and log q at u; and the gradient of -V, stored in each
-    parameter's .grad, as backward() would leave it. As d log σ(t)/dt = σ(-t),
+def nce_backward(energy, u, s, log_q, nu):
+    """Store the gradient of -V(θ) in each parameter's .grad, bit for bit as value(...)[0].backward() would,
+    for a batch u = [x; gen] of n data and νn noise samples with labels s = +1 on data and -1 on noise and
+    log q at u. Returns s·G(u), from which step_values gets -V and the accuracy. As d log σ(t)/dt = σ(-t),
 
         d(-V)/d log p_θ(u) = -s σ(-s G(u)) / n,
 
-    which EBM.log_p_and_backward carries back to the weights. Autograd's own kernels for log σ and its
-    derivative keep every bit of the gradient equal to autograd's through value()."""
+    which EBM.log_p_and_backward carries back to the weights (autograd's own kernel for log σ's derivative
+    keeps the bits equal)."""
     n = len(u) // (1 + nu)
     log_p, backward = energy.log_p_and_backward(u)
     s_logit = s * (log_p - log_q - math.log(nu))
-    log_sigma, buffer = torch.ops.aten.log_sigmoid_forward(s_logit)
+    _, buffer = torch.ops.aten.log_sigmoid_forward(s_logit)
     backward(s * torch.ops.aten.log_sigmoid_backward(torch.full_like(s_logit, -1 / n), s_logit, buffer))
-    return -log_sigma.sum() / n, (s_logit > 0).sum() / len(u)
+    return s_logit
+
+
+def step_values(logits, nu):
+    """-V(θ) and the accuracy of each step, as value() computes them, from the s·G(u) of each step's batch
+    (a list of 1-D tensors): for a whole epoch at once, rather than a few small ops in every step."""
+    s_logit = torch.nn.utils.rnn.pad_sequence(logits, batch_first=True)    # (steps, longest); a last, short batch is padded
+    sizes = torch.tensor([len(l) for l in logits], device=s_logit.device)
+    real = torch.arange(s_logit.shape[1], device=s_logit.device) < sizes[:, None]
+    return (-(F.logsigmoid(s_logit) * real).sum(1) * (1 + nu) / sizes,
+            ((s_logit > 0) & real).sum(1) / sizes)
 
 
 NOISES = ('gaussian', 'fit', 'gmm')

@@ -7,7 +7,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 
 from model import ACTIVATIONS, EBM
-from util import value, value_and_grad
+from util import nce_backward, step_values, value
 
 NOISE = D.MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))   # the original noise, an independent object
 
@@ -111,8 +111,9 @@ def test_adam_step_is_torch_adam(monkeypatch):
 @pytest.mark.parametrize('act', ACTIVATIONS)
 @pytest.mark.parametrize('fourier,nu', [(0, 1), (8, 4)])
 def test_the_hand_written_gradient_is_autograds(act, fourier, nu):
-    """The training step's value_and_grad against value() differentiated by autograd: the same loss, accuracy
-    and gradient of every parameter, bit for bit, for each activation, with and without Fourier features."""
+    """The training step's nce_backward against value() differentiated by autograd: the same gradient of every
+    parameter, bit for bit, for each activation, with and without Fourier features; and the same loss and
+    accuracy from step_values."""
     torch.manual_seed(3)
     energy = EBM(depth=3, hidden=16, act=act, fourier=fourier).double()
     x, gen = torch.randn(40, 2, dtype=torch.float64), 2 * torch.randn(40 * nu, 2, dtype=torch.float64)
@@ -123,8 +124,13 @@ def test_the_hand_written_gradient_is_autograds(act, fourier, nu):
     energy.zero_grad(set_to_none=True)
     u = torch.cat([x, gen])
     s = torch.cat([torch.ones(40), -torch.ones(40 * nu)]).double()
-    loss2, acc2 = value_and_grad(energy, u, s, noise.log_prob(u), nu)
-    assert torch.equal(loss2, loss.detach()) and torch.equal(acc2, acc)
+    s_logit = nce_backward(energy, u, s, noise.log_prob(u), nu)
+    # the steps' values and accuracies, the last step's batch shorter than the others
+    loss_short, acc_short = value(energy, noise, x[:30], gen[:30 * nu], nu)
+    short = torch.cat([s_logit[:30], s_logit[40:40 + 30 * nu]])
+    losses, accs = step_values([s_logit, short], nu)
+    assert losses.tolist() == pytest.approx([loss.item(), loss_short.item()], rel=1e-12)
+    assert accs.tolist() == pytest.approx([acc.item(), acc_short.item()], rel=1e-12)
     assert 0.05 < acc.item() < 0.95                                  # a batch with both kinds of mistake
     for k, p in energy.named_parameters():
         assert p.grad is not None and p.grad.grad_fn is None, k
