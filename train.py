@@ -141,12 +141,12 @@ def batches(x_train, log_q_train, noise, nu, batch):
     s = torch.cat([torch.ones(n, device=device), -torch.ones(nu * n, device=device)])
     log_q = torch.cat([log_q_train[perm], noise.log_prob(gen)])
     # put each step's data, then its noise, side by side, so that a step is one slice of the epoch
-    step = torch.cat([torch.arange(n, device=device), torch.arange(nu * n, device=device) // nu]) // batch
-    order = torch.argsort(step, stable=True)
+    step_of = torch.cat([torch.arange(n, device=device), torch.arange(nu * n, device=device) // nu]) // batch
+    order = torch.argsort(step_of, stable=True)
     u, s, log_q = u[order], s[order], log_q[order]
     for i in range(0, n, batch):
-        step = slice((1 + nu) * i, (1 + nu) * min(i + batch, n))
-        yield u[step], s[step], log_q[step]
+        rows = slice((1 + nu) * i, (1 + nu) * min(i + batch, n))
+        yield u[rows], s[rows], log_q[rows]
 
 
 def train_step(energy, params, adam, u, s, log_q, nu, lr, b1, b2):
