@@ -123,14 +123,17 @@ def original_plot(energy, noise, path):
 # the original first, in the process as Python starts it; then ours, with glibc set up as train.py sets it
 import plot
 orig_epoch, orig_energy, orig_noise = original_loop()
-orig_step = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
-with tempfile.TemporaryDirectory() as tmp:
-    t_orig_plot = timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
+
+def time_original():
+    """Seconds per step of the original loop, and per plot."""
+    step = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
+    with tempfile.TemporaryDirectory() as tmp:
+        return step, timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
+
+orig_step, t_orig_plot = time_original()
 util.keep_freed_memory()
 # the same setting helps the original too: measured again, so the ratios can be read with and without it
-orig_step_kept = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
-with tempfile.TemporaryDirectory() as tmp:
-    t_orig_plot_kept = timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
+orig_step_kept, t_orig_plot_kept = time_original()
 step_default, energy = ours('original')
 step_strong, _ = ours('strong')
 x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manual_seed(1)).to(device)

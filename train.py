@@ -16,7 +16,7 @@ import torch
 
 import util
 from data import DATASETS, log_density, sample_2d_data
-from model import EBM
+from model import ACTIVATIONS, EBM
 
 PRESETS = {
     # the original script
@@ -42,7 +42,7 @@ def get_args(argv=None):
                    help='original: the original script; strong: ' + ', '.join(f'{k}={v}' for k, v in PRESETS['strong'].items()))
     p.add_argument('--hidden', type=int, help='width of the energy MLP (preset)')
     p.add_argument('--depth', type=int, help='hidden layers of the energy MLP (preset)')
-    p.add_argument('--act', choices=['leaky_relu', 'silu', 'gelu', 'softplus', 'tanh'], help='activation (preset)')
+    p.add_argument('--act', choices=list(ACTIVATIONS), help='activation (preset)')
     p.add_argument('--fourier', type=int, help='random Fourier features of the input, 0 for none (preset)')
     p.add_argument('--fourier-std', type=float, help='std of their frequencies, in cycles per unit (preset)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
