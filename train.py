@@ -225,10 +225,11 @@ def main(args):
             if not args.no_plot:
                 frame.save(log_p if log_p is not None else util.window_log_p(energy), frame_path(args, epoch))
             row['seconds'] = time.time() - t0
-            history.append(row)
-            util.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
-                                      epoch=epoch, args=vars(args), rng=util.get_rng_state(), history=history), args.ckpt)
-            util.write_metrics(history, os.path.join(os.path.dirname(args.ckpt), 'metrics.csv'))
+            with util.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
+                history.append(row)
+                util.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
+                                          epoch=epoch, args=vars(args), rng=util.get_rng_state(), history=history), args.ckpt)
+                util.write_metrics(history, os.path.join(os.path.dirname(args.ckpt), 'metrics.csv'))
             pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds') and v is not None})
     except KeyboardInterrupt:
         pbar.close()

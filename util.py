@@ -1,7 +1,10 @@
 """The NCE objective, exact evaluation by quadrature on a grid, and safe file writing and loading."""
+import contextlib
 import math
 import os
+import signal
 import tempfile
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +215,24 @@ def atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Run the block with Ctrl-C (SIGINT) held back, then raise the KeyboardInterrupt it would have raised:
+    what the block writes and what the run records of it change together. Only the main thread can set a
+    signal handler; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def leftovers(name_pattern):

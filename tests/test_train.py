@@ -217,6 +217,27 @@ def test_a_cosine_run_interrupted_and_resumed_by_the_printed_command_is_the_unin
     assert all(torch.equal(whole['energy'][k], split['energy'][k]) for k in whole['energy'])
 
 
+def test_ctrl_c_while_the_checkpoint_is_written_names_the_epoch_it_holds(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that arrives during the second epoch's save is held until the save ends: the run then stops
+    saying the checkpoint holds epoch 1, which it does, and its command resumes with the 1 epoch left."""
+    import train
+    import util
+    monkeypatch.chdir(tmp_path)
+    save, saves = util.save_checkpoint, []
+    def save_interrupted(state, path):
+        saves.append(state['epoch'])
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        save(state, path)
+    monkeypatch.setattr(util, 'save_checkpoint', save_interrupted)
+    with pytest.raises(SystemExit) as e:
+        train.main(train.get_args(['--samples', '200', '--hidden', '16', '--eval-every', '0', '--no-plot', '--epoch', '3']))
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and saves == [0, 1]
+    assert load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')['epoch'] == 1
+    assert 'holds epoch 1' in err and 'continue with: python train.py --resume --epoch 1 ' in err
+
+
 def test_an_epoch_of_batches_uses_every_point_once_with_nu_noise_samples_each():
     import train
     from data import sample_2d_data
