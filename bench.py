@@ -4,11 +4,13 @@ $ python bench.py                 # CPU
 $ python bench.py --device cuda
 
 Prints ms per training step (default and strong configurations) next to the matmul floor, ms per frame and
-per evaluation, the per-epoch time of the default run, start-up time and peak memory, each against the
-original loop run the same way (DataLoader, two forward passes, a host sync and a print per batch,
-torch.optim.Adam, a pcolormesh plot on a 1000x1000 grid).
+per evaluation, the epoch of `python train.py` as it runs (checkpoint and metrics included), start-up time
+and peak memory, each against the original script's loop run the same way (DataLoader, two forward passes,
+a host sync and a print per batch, torch.optim.Adam, a checkpoint and a pcolormesh plot on a 1000x1000 grid
+each epoch).
 """
 import argparse
+import contextlib
 import io
 import os
 import subprocess
@@ -19,10 +21,13 @@ import time
 import torch
 import torch.distributions as D
 
+import optim
 import train
-import util
 from data import sample_2d_data
+from evaluate import evaluate, window_log_p
 from model import EBM
+from noise import make_noise
+from util import step_values
 
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'mps'], help='device to benchmark')
@@ -58,14 +63,14 @@ a, w = torch.randn(200, 128, device=device), torch.randn(128, 128, device=device
 floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 
 # ours, exactly the steps train.py runs: an epoch's batches from train.batches, train.train_step on each,
-# and the steps' values and accuracies from util.step_values when the epoch ends
+# and the steps' values and accuracies from step_values when the epoch ends
 def ours(preset):
     cfg = train.PRESETS[preset]
     torch.manual_seed(0)
     energy = EBM(**train.network_kwargs(cfg)).to(device)
     params = list(energy.parameters())
-    adam = util.adam_init(params)
-    noise = util.make_noise('gaussian', x_train)
+    adam = optim.adam_init(params)
+    noise = make_noise('gaussian', x_train)
     log_q_train = noise.log_prob(x_train)
     epoch, logits = iter(()), []
     def step():
@@ -73,7 +78,7 @@ def ours(preset):
         batch = next(epoch, None)
         if batch is None:       # a new epoch: its data order and noise are drawn here, as in train.py
             if logits:
-                util.step_values(logits, cfg['nu'])
+                step_values(logits, cfg['nu'])
             epoch, logits = train.batches(x_train, log_q_train, noise, cfg['nu'], cfg['batch']), []
             batch = next(epoch)
         logits.append(train.train_step(energy, params, adam, *batch, cfg['nu'], cfg['lr'], 0.9, 0.999))
@@ -121,39 +126,60 @@ def original_plot(energy, noise, path):
 
 
 # the original first, in the process as Python starts it; then ours, with glibc set up as train.py sets it
-import plot
+import plot  # here: matplotlib's import is not part of any timing
+
 orig_epoch, orig_energy, orig_noise = original_loop()
 
 def time_original():
-    """Seconds per step of the original loop, and per plot."""
+    """Seconds per step of the original loop, per plot, and per whole epoch as its script runs one: the
+    100 steps, the checkpoint it saves, and the plot."""
     step = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
     with tempfile.TemporaryDirectory() as tmp:
-        return step, timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
+        def whole_epoch():
+            orig_epoch()
+            torch.save(dict(energy=orig_energy.state_dict(), epoch=0), os.path.join(tmp, 'nce.pth.tar'))
+            original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png'))
+        plot_s = timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
+        return step, plot_s, timed(whole_epoch, 2, burn=0)
 
-orig_step, t_orig_plot = time_original()
-util.keep_freed_memory()
+def time_train_epoch(short=5, long=25):
+    """Seconds per epoch of train.main with the default flags, as a user runs it: batches, steps, the steps'
+    values, the evaluation, the frame, the checkpoint and metrics.csv. Two runs, of `short` and `long` epochs,
+    so that the set-up of a run (data, noise, the frame's fixed panels, the test set) cancels out."""
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for epochs in (short, long):
+            run = os.path.join(tmp, str(epochs))
+            argv = ['--epoch', str(epochs), '--ckpt', os.path.join(run, 'nce.pth.tar'), '--images', run, '--device', args.device]
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                t = time.perf_counter()
+                train.main(train.get_args(argv))
+                seconds[epochs] = time.perf_counter() - t
+    return (seconds[long] - seconds[short]) / (long - short)
+
+orig_step, t_orig_plot, epoch_orig = time_original()
+train.keep_freed_memory()
 # the same setting helps the original too: measured again, so the ratios can be read with and without it
-orig_step_kept, t_orig_plot_kept = time_original()
+orig_step_kept, t_orig_plot_kept, epoch_orig_kept = time_original()
 step_default, energy = ours('original')
 step_strong, _ = ours('strong')
+epoch_ours = time_train_epoch()
 x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manual_seed(1)).to(device)
-frame = plot.Frame(x_train, util.make_noise('gaussian', x_train))
+frame = plot.Frame(x_train, make_noise('gaussian', x_train))
 with tempfile.TemporaryDirectory() as tmp:
-    log_p = util.window_log_p(energy)
-    t_eval = timed(lambda: util.evaluate(energy, x_test), 10, burn=2)
+    log_p = window_log_p(energy)
+    t_eval = timed(lambda: evaluate(energy, x_test), 10, burn=2)
     t_plot = timed(lambda: frame.save(log_p, os.path.join(tmp, 'f.png')), 10, burn=2)
-epoch_ours = 100 * step_default + t_eval + t_plot
-epoch_orig = 100 * orig_step + t_orig_plot
 print(f'matmul floor (3 products 200x128x128): {floor * 1e3:.3f} ms')
 print(f'step, default (batch 100, nu 1):  {step_default * 1e3:.3f} ms, {1 / step_default:.0f} steps/s, '
       f'floor/step {floor / step_default:.0%}; original loop {orig_step * 1e3:.3f} ms: {orig_step / step_default:.1f}x faster')
 print(f'step, strong (batch 256, nu 4, 3x128 on 64 Fourier features): {step_strong * 1e3:.3f} ms, {1 / step_strong:.0f} steps/s')
 print(f'frame: {t_plot * 1e3:.1f} ms (original plot {t_orig_plot * 1e3:.0f} ms: {t_orig_plot / t_plot:.0f}x); '
       f'evaluation (quadrature log Z, test NLL, KL): {t_eval * 1e3:.1f} ms')
-print(f'default epoch, 100 steps + evaluation + frame: {epoch_ours * 1e3:.0f} ms; original 100 steps + plot '
-      f'{epoch_orig * 1e3:.0f} ms: {epoch_orig / epoch_ours:.1f}x faster')
-epoch_orig_kept = 100 * orig_step_kept + t_orig_plot_kept
-print(f'original with the same glibc setting (util.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
+print(f'epoch as train.py runs it (100 steps, evaluation, frame, checkpoint, metrics): {epoch_ours * 1e3:.0f} ms, '
+      f'of which steps + evaluation + frame {(100 * step_default + t_eval + t_plot) * 1e3:.0f} ms; '
+      f'original epoch (100 steps, checkpoint, plot) {epoch_orig * 1e3:.0f} ms: {epoch_orig / epoch_ours:.1f}x faster')
+print(f'original with the same glibc setting (train.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
       f'({orig_step_kept / step_default:.1f}x ours), epoch {epoch_orig_kept * 1e3:.0f} ms ({epoch_orig_kept / epoch_ours:.1f}x ours)')
 
 # start-up and memory of the real script, in a fresh process each; the child reports its own peak (VmHWM),

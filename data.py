@@ -143,7 +143,7 @@ def _log_pinwheel_chunk(x, m, iters):
     log_p = torch.full((len(x),), -math.inf, dtype=torch.float64)
     for k in range(P['arms']):
         base = phi + 2 * math.pi * k / P['arms']
-        h = lambda f0, i: rho[i] * torch.cos(base[i] + P['rate'] * f0.exp()) - f0
+        h = lambda f0, i: rho[i] * torch.cos(base[i] + P['rate'] * f0.exp()) - f0    # noqa: B023 (used within this iteration only)
         hg = rho[:, None] * torch.cos(base[:, None] + P['rate'] * f0_grid.exp()) - f0_grid
         i, j = torch.nonzero((hg[:, :-1] > 0) != (hg[:, 1:] > 0), as_tuple=True)  # point i, bracket j
         lo, hi, h_lo = f0_grid[j], f0_grid[j + 1], hg[i, j]

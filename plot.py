@@ -1,11 +1,13 @@
 """Figures: the per-epoch density frame (data, noise, model) and the training curves."""
 import matplotlib
+
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from util import GRID_N, PLOT_LIM, atomic_write, grid
+from evaluate import GRID_N, PLOT_LIM, grid
+from files import atomic_write
 
 EXTENT = (-PLOT_LIM, PLOT_LIM, -PLOT_LIM, PLOT_LIM)
 
@@ -38,7 +40,7 @@ class Frame:
         self.background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
 
     def save(self, log_p, path):
-        """Draw exp(log_p), an (n, n) tensor on the grid of util.grid(PLOT_LIM, n), and write it to path.
+        """Draw exp(log_p), an (n, n) tensor on the grid of grid(PLOT_LIM, n), and write it to path.
         Only the model panel is redrawn (blitting), and the PNG is compressed lightly: 4x faster than
         savefig, with the same pixels."""
         from PIL import Image
@@ -56,22 +58,29 @@ class Frame:
 
 
 def plot_curves(history, path):
-    """value and accuracy, c against the quadrature's log Z, and test NLL / KL, over epochs."""
-    ep = [h['epoch'] for h in history]
-    col = lambda k: [np.nan if h[k] is None else h[k] for h in history]
-    fig, axs = plt.subplots(1, 3, figsize=(13, 3.6))
-    axs[0].plot(ep, col('value'), label='-V(θ) (loss)')
-    axs[0].plot(ep, col('acc'), label='accuracy')
+    """The run over epochs: the objective and accuracy; c against the quadrature's log Z, with the gap between
+    them shaded and, on a log scale, |c - log Z|; and the exact KL on a log scale, where its tail shows."""
+    ep = np.array([h['epoch'] for h in history])
+    col = lambda k: np.array([np.nan if h[k] is None else h[k] for h in history], dtype=float)
+    fig, axs = plt.subplots(1, 4, figsize=(16, 3.6))
+    axs[0].plot(ep, col('value'), label='-V(θ), the loss (nats)')
+    axs[0].plot(ep, col('acc'), label='accuracy (fraction)')
     axs[0].set_title('NCE objective')
-    axs[1].plot(ep, col('c'), label='c (learned)')
-    axs[1].plot(ep, col('log_z'), '--', label='log Z (quadrature)')
-    axs[1].set_title('c against the true log Z')
-    axs[2].plot(ep, col('nll'), label='test NLL')
-    axs[2].plot(ep, col('kl'), label='KL(data || model)')
-    axs[2].set_title('Exact test metrics (nats)')
+    c, log_z = col('c'), col('log_z')
+    axs[1].plot(ep, c, label='c (learned)')
+    axs[1].plot(ep, log_z, '--', label='log Z (quadrature)')
+    axs[1].fill_between(ep, c, log_z, color='C3', alpha=0.3, label='c - log Z')
+    axs[1].set(title='c against the true log Z', ylabel='nats')
+    axs[2].plot(ep, np.abs(c - log_z), color='C3')
+    axs[2].set(title='|c - log Z|, log scale', ylabel='nats')
+    axs[3].plot(ep, col('kl'), color='C2', label='KL(data || model)')
+    axs[3].set(title=f'KL, log scale (final test NLL {col("nll")[-1]:.4f})', ylabel='nats')
+    for ax in axs[2:]:
+        ax.set_yscale('log', nonpositive='mask')    # a KL estimate a hair below 0, on a finite test set, is left out
     for ax in axs:
         ax.set_xlabel('epoch')
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'))
     plt.close(fig)

@@ -16,9 +16,11 @@ import time
 import numpy as np
 import torch
 
+import files
+import optim
 import train
-import util
 from data import DATASETS, log_density, sample_2d_data
+from evaluate import PLOT_LIM, evaluate, grid, log_p_on
 from model import EBM
 
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -41,7 +43,7 @@ def nce(dataset, tmp, preset):
     seconds = time.perf_counter() - t
     if p.returncode:
         sys.exit(f'results.py: train.py --dataset {dataset} --preset {preset} failed:\n{p.stderr}')
-    ck = util.load_checkpoint(os.path.join(run, 'nce.pth.tar'))
+    ck = files.load_checkpoint(os.path.join(run, 'nce.pth.tar'))
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
     return energy, dict(ck['history'][-1], seconds=seconds)
@@ -54,9 +56,9 @@ def mle(x_train, steps, batch=100, lr=1e-3, n=48, lim=5.5, seed=0):
     torch.manual_seed(seed)
     energy = EBM()
     params = list(energy.parameters())
-    adam = util.adam_init(params)
+    adam = optim.adam_init(params)
     h = 2 * lim / n
-    base = util.grid(lim, n)
+    base = grid(lim, n)
     for i in range(steps):
         if i % (len(x_train) // batch) == 0:
             xs = x_train[torch.randperm(len(x_train))]
@@ -67,7 +69,7 @@ def mle(x_train, steps, batch=100, lr=1e-3, n=48, lim=5.5, seed=0):
         for q in params:
             q.grad = None
         loss.backward()
-        util.adam_step(params, adam, lr, 0.9, 0.999)
+        optim.adam_step(params, adam, lr, 0.9, 0.999)
     return energy
 
 
@@ -87,7 +89,7 @@ def kde(x_train, x_test):
 
 rows, images = [], []
 n_img = 160
-window = util.grid(util.PLOT_LIM, n_img)
+window = grid(PLOT_LIM, n_img)
 with tempfile.TemporaryDirectory() as tmp:
     for d in args.datasets:
         t0 = time.time()
@@ -97,11 +99,11 @@ with tempfile.TemporaryDirectory() as tmp:
         e_nce, last = nce(d, tmp, 'original')
         e_strong, strong = nce(d, tmp, 'strong')
         e_mle = mle(x_train, steps=50 * 100)
-        m_mle, _ = util.evaluate(e_mle, x_test, H)
+        m_mle, _ = evaluate(e_mle, x_test, H)
         nll_gmm, k = gmm(x_train.numpy(), x_test.numpy())
         nll_kde, kd = kde(x_train.numpy(), x_test.numpy())
         rows.append(dict(dataset=d, H=H, nce=last, strong=strong, mle=m_mle, gmm=nll_gmm, k=k, kde=nll_kde, bw=kd.bandwidth))
-        norm = lambda e, m: (util.log_p_on(e, window) + m['c'] - m['log_z']).exp().view(n_img, n_img)
+        norm = lambda e, m: (log_p_on(e, window) + m['c'] - m['log_z']).exp().view(n_img, n_img)
         images.append([log_density(d, window).exp().view(n_img, n_img), norm(e_nce, last), norm(e_strong, strong), norm(e_mle, m_mle),
                        torch.as_tensor(np.exp(kd.score_samples(window.numpy()))).view(n_img, n_img)])
         print(f'{d}: {time.time() - t0:.0f} s')
@@ -125,18 +127,20 @@ text = '\n'.join(table)
 print(text)
 
 import matplotlib
+
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
+
 fig, axs = plt.subplots(len(rows), 5, figsize=(10, 2 * len(rows)), squeeze=False)
-for i, (r, ims) in enumerate(zip(rows, images)):
-    for j, (im, title) in enumerate(zip(ims, ('truth', 'NCE', 'NCE strong', 'exact MLE', 'KDE'))):
+for i, (r, ims) in enumerate(zip(rows, images, strict=True)):
+    for j, (im, title) in enumerate(zip(ims, ('truth', 'NCE', 'NCE strong', 'exact MLE', 'KDE'), strict=True)):
         axs[i, j].imshow(im.numpy(), cmap='jet', origin='lower', extent=(-4, 4, -4, 4))
         axs[i, j].set_axis_off()
         if i == 0:
             axs[i, j].set_title(title)
     axs[i, 0].text(-4.3, 0, r['dataset'], rotation=90, va='center', ha='right')
 fig.tight_layout()
-util.atomic_write(args.figure, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+files.atomic_write(args.figure, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
 print(f'figure: {args.figure}')
 
 if not args.no_readme:
@@ -146,5 +150,5 @@ if not args.no_readme:
     if start in readme and end in readme:
         head, rest = readme.split(start)
         readme = head + start + '\n' + text + '\n' + end + rest.split(end)[1]
-        util.write_text(path, readme)
+        files.write_text(path, readme)
         print('README.md updated')

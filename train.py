@@ -14,9 +14,13 @@ import time
 
 import torch
 
-import util
+import files
+import optim
 from data import DATASETS, log_density, sample_2d_data
+from evaluate import evaluate, window_log_p
 from model import ACTIVATIONS, EBM
+from noise import NOISES, make_noise
+from util import nce_backward, step_values
 
 PRESETS = {
     # the original script
@@ -46,7 +50,7 @@ def get_args(argv=None):
     p.add_argument('--fourier', type=int, help='random Fourier features of the input, 0 for none (preset)')
     p.add_argument('--fourier-std', type=float, help='std of their frequencies, in cycles per unit (preset)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
-    p.add_argument('--noise', default='gaussian', choices=util.NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
+    p.add_argument('--noise', default='gaussian', choices=NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
                    'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, widened')
     # optimisation
     p.add_argument('--epoch', type=int, help='number of epochs to train (preset; original 50)')
@@ -90,12 +94,28 @@ def get_args(argv=None):
     elif args.device == 'mps' and not torch.backends.mps.is_available():
         p.error('argument --device: mps requested but no MPS device is available')
     for flag, folder in (('--ckpt', os.path.dirname(args.ckpt)), ('--images', args.images)):
-        problem = util.unwritable(folder or '.')
+        problem = files.unwritable(folder or '.')
         if problem:
             p.error(f'argument {flag}: cannot write to {folder or "."}: {problem}')
     if os.path.isdir(args.ckpt):
         p.error(f'argument --ckpt: {args.ckpt} is a folder, not a file')
     return args
+
+
+def keep_freed_memory():
+    """Have glibc keep the memory the process frees for its next tensors, instead of handing every freed
+    block over 128 KB back to the system and faulting its pages in again on the next allocation: each epoch
+    allocates the same few MB-sized tensors, and on our 2-core VM that cost 35000 to 50000 page faults an
+    epoch, a third of its time. The peak memory stays the same. Does nothing where the C library is not
+    glibc (macOS, Windows, musl)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's malloc.h
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)        # blocks up to 32 MB from the heap (glibc's own upper bound)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)         # and the heap's freed top kept, not returned
 
 
 def fail(msg):
@@ -118,8 +138,8 @@ def resume_command(args, epochs_left):
 def check_resume(args, model_kwargs):
     """The checkpoint to resume, read and checked before anything else is done; exits 2 if it does not fit."""
     try:
-        ckpt = util.load_checkpoint(args.ckpt)
-    except util.CheckpointError as e:
+        ckpt = files.load_checkpoint(args.ckpt)
+    except files.CheckpointError as e:
         fail(str(e))
     for k in RUN_KEYS:
         if ckpt['args'].get(k) != getattr(args, k):
@@ -132,7 +152,7 @@ def check_resume(args, model_kwargs):
 
 def batches(x_train, log_q_train, noise, nu, batch):
     """One epoch's steps: the data in a fresh random order with ν fresh noise samples per data sample, the
-    noise drawn and its log-density computed once for the whole epoch. Yields util.nce_backward's batch
+    noise drawn and its log-density computed once for the whole epoch. Yields nce_backward's batch
     (u, s, log_q): u = [x; gen], labels s = ±1, and log q at u."""
     n, device = len(x_train), x_train.device
     perm = torch.randperm(n, device=device)
@@ -151,9 +171,9 @@ def batches(x_train, log_q_train, noise, nu, batch):
 
 def train_step(energy, params, adam, u, s, log_q, nu, lr, b1, b2):
     """One NCE step: the gradient of -V(θ) on a batch of data and noise, then Adam. No host sync. Returns
-    the batch's s·G(u), for util.step_values."""
-    s_logit = util.nce_backward(energy, u, s, log_q, nu)
-    util.adam_step(params, adam, lr, b1, b2)
+    the batch's s·G(u), for step_values."""
+    s_logit = nce_backward(energy, u, s, log_q, nu)
+    optim.adam_step(params, adam, lr, b1, b2)
     return s_logit
 
 
@@ -166,42 +186,74 @@ def network_kwargs(cfg):
     return kwargs
 
 
+def restore(ckpt, energy, device):
+    """Load a checkpoint's weights, Adam state and RNG states; returns the epoch to start at, the history
+    and the Adam state."""
+    energy.load_state_dict(ckpt['energy'])
+    files.set_rng_state(ckpt['rng'])
+    adam = {k: [t.to(device) for t in v] for k, v in ckpt['optimizer'].items()}
+    return ckpt['epoch'] + 1, ckpt['history'], adam
+
+
+def clear_paths(args):
+    """A fresh run that plots owns --images: it removes an earlier run's frames, so a GIF never mixes two runs.
+    A run killed while writing leaves a temporary file beside the one it wrote; this run's paths are ours."""
+    if not args.resume and not args.no_plot:
+        files.remove_matching(args.images, FRAMES)
+    folder = os.path.dirname(args.ckpt) or '.'
+    files.remove_matching(folder, files.leftovers(re.escape(os.path.basename(args.ckpt)) + r'|metrics\.csv'))
+    files.remove_matching(args.images, files.leftovers(FRAMES))
+
+
+def evaluator(args, device):
+    """The exact evaluation of a run, a function of the model that returns (metrics, log p_θ on the plot's grid),
+    or None if the run does not evaluate: the held-out set and the true density's entropy H on it, made once."""
+    if args.eval_every == 0:
+        return None
+    x_test = sample_2d_data(args.dataset, TEST_SAMPLES, torch.Generator().manual_seed(args.seed + TEST_SEED)).to(device)
+    entropy = -log_density(args.dataset, x_test).double().mean().item()
+    return lambda energy: evaluate(energy, x_test, entropy)
+
+
+def stop_interrupted(args, history, end):
+    done = history[-1]['epoch'] if history else None
+    print(f'\ninterrupted: {args.ckpt} holds epoch {done}' if done is not None else '\ninterrupted before the first epoch ended',
+          file=sys.stderr)
+    if done is not None:
+        print('continue with: ' + resume_command(args, end - done - 1), file=sys.stderr)
+    sys.exit(130)
+
+
+def summary(args, history, start, end):
+    last = history[-1]
+    out = f'done: {args.dataset}, epochs {start}..{end - 1}, value {last["value"]:.4f}, acc {last["acc"]:.3f}'
+    if last['nll'] is not None:
+        out += f', c {last["c"]:.3f}, log Z {last["log_z"]:.3f}, test NLL {last["nll"]:.4f}'
+        out += f', KL {last["kl"]:.4f}' if last['kl'] is not None else ''
+    return out + f'; checkpoint {args.ckpt}' + ('' if args.no_plot else f', frames in {args.images}/')
+
+
 def main(args):
-    util.keep_freed_memory()
+    keep_freed_memory()
     model_kwargs = network_kwargs(vars(args))
     ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     x_train = sample_2d_data(args.dataset, args.samples, torch.Generator().manual_seed(args.seed)).to(device)
-    noise = util.make_noise(args.noise, x_train)
+    noise = make_noise(args.noise, x_train)
     log_q_train = noise.log_prob(x_train)                     # once: the training data never changes
     energy = EBM(**model_kwargs).to(device)
     params = list(energy.parameters())
-    adam = util.adam_init(params)
-    steps = math.ceil(args.samples / args.batch)              # per epoch; the last batch may be smaller
-    start, history = 0, []
-    if args.resume:
-        energy.load_state_dict(ckpt['energy'])
-        adam = {k: [t.to(device) for t in v] for k, v in ckpt['optimizer'].items()}
-        util.set_rng_state(ckpt['rng'])
-        start, history = ckpt['epoch'] + 1, ckpt['history']
-    elif not args.no_plot:
-        # a fresh run that plots owns --images: remove an earlier run's frames so a GIF never mixes two runs
-        util.remove_matching(args.images, FRAMES)
-    # a run killed while writing leaves a temporary file beside the one it wrote; this run's paths are ours
-    util.remove_matching(os.path.dirname(args.ckpt) or '.', util.leftovers(re.escape(os.path.basename(args.ckpt)) + r'|metrics\.csv'))
-    util.remove_matching(args.images, util.leftovers(FRAMES))
-    end = start + args.epoch
-    lr_at = util.lr_schedule(args.schedule, args.lr, total=end * steps)
-    evaluating = args.eval_every > 0
-    if evaluating:
-        x_test = sample_2d_data(args.dataset, TEST_SAMPLES, torch.Generator().manual_seed(args.seed + TEST_SEED)).to(device)
-        entropy = -log_density(args.dataset, x_test).double().mean().item()   # H of the true density, on x_test
+    start, history, adam = restore(ckpt, energy, device) if ckpt else (0, [], optim.adam_init(params))
+    clear_paths(args)
+    steps, end = math.ceil(args.samples / args.batch), start + args.epoch   # steps per epoch; the last batch may be smaller
+    lr_at = optim.lr_schedule(args.schedule, args.lr, total=end * steps)
+    exact = evaluator(args, device)
     if not args.no_plot:
         import plot
         frame = plot.Frame(x_train, noise)
-    print(f'NCE on {args.dataset}: {args.samples} samples, {sum(p.numel() for p in energy.parameters())} parameters, '
+    print(f'NCE on {args.dataset}: {args.samples} samples, {sum(p.numel() for p in params)} parameters, '
           f'nu={args.nu}, noise={args.noise}, device={device}, epochs {start}..{end - 1}')
 
     pbar = tqdm(range(start, end), unit='epoch', dynamic_ncols=True)
@@ -211,7 +263,7 @@ def main(args):
             logits = []
             for i, batch in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
                 logits.append(train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2))
-            losses, accs = util.step_values(logits, args.nu)
+            losses, accs = step_values(logits, args.nu)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):
@@ -219,37 +271,27 @@ def main(args):
                 fail(f'non-finite loss at epoch {epoch}, step {bad[0].item()}; stopped ({kept})')
             row = dict(epoch=epoch, value=losses.mean().item(), acc=accs.mean().item(), c=None, log_z=None, nll=None, kl=None)
             log_p = None
-            if evaluating and (epoch - start + 1) % args.eval_every == 0:
-                metrics, log_p = util.evaluate(energy, x_test, entropy)
+            if exact and (epoch - start + 1) % args.eval_every == 0:
+                metrics, log_p = exact(energy)
                 row.update(metrics)
             if not args.no_plot:
-                frame.save(log_p if log_p is not None else util.window_log_p(energy), frame_path(args, epoch))
+                frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch))
             row['seconds'] = time.time() - t0
-            with util.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
+            with files.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
                 history.append(row)
-                util.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
-                                          epoch=epoch, args=vars(args), rng=util.get_rng_state(), history=history), args.ckpt)
-                util.write_metrics(history, os.path.join(os.path.dirname(args.ckpt), 'metrics.csv'))
+                files.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
+                                           epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history), args.ckpt)
+                files.write_metrics(history, os.path.join(os.path.dirname(args.ckpt), 'metrics.csv'))
             pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds') and v is not None})
     except KeyboardInterrupt:
         pbar.close()
-        done = history[-1]['epoch'] if history else None
-        print(f'\ninterrupted: {args.ckpt} holds epoch {done}' if done is not None else '\ninterrupted before the first epoch ended',
-              file=sys.stderr)
-        if done is not None:
-            print('continue with: ' + resume_command(args, end - done - 1), file=sys.stderr)
-        sys.exit(130)
+        stop_interrupted(args, history, end)
     pbar.close()
     if not args.no_plot:
         frame.close()
-        if evaluating:
+        if exact:
             plot.plot_curves([h for h in history if h['nll'] is not None], os.path.join(args.images, 'curves.png'))
-    last = history[-1]
-    summary = f'done: {args.dataset}, epochs {start}..{end - 1}, value {last["value"]:.4f}, acc {last["acc"]:.3f}'
-    if last['nll'] is not None:
-        summary += f', c {last["c"]:.3f}, log Z {last["log_z"]:.3f}, test NLL {last["nll"]:.4f}'
-        summary += f', KL {last["kl"]:.4f}' if last['kl'] is not None else ''
-    print(summary + f'; checkpoint {args.ckpt}' + ('' if args.no_plot else f', frames in {args.images}/'))
+    print(summary(args, history, start, end))
 
 
 if __name__ == '__main__':

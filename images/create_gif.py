@@ -2,6 +2,7 @@
 
 $ python images/create_gif.py                     # frames in images/, writes images/nce.gif
 $ cd images && python create_gif.py --out rings.gif --duration 100
+$ python images/create_gif.py --scale 0.75 --colors 64 --every 2    # small enough for a web page
 """
 import argparse
 import os
@@ -17,18 +18,30 @@ def main(argv=None):
     p.add_argument('--out', help='GIF to write (default: <images>/nce.gif)')
     p.add_argument('--duration', type=float, default=200, help='milliseconds per frame')
     p.add_argument('--loop', type=int, default=0, help='times to play; 0 loops forever')
+    p.add_argument('--scale', type=float, default=1.0, help='resize each frame by this factor (0 < scale <= 1)')
+    p.add_argument('--every', type=int, default=1, help='keep every N-th frame, and always the last')
+    p.add_argument('--colors', type=int, default=0,
+                   help='one palette of this many colours (2 to 256) for all frames, with pillow\'s optimisation; '
+                        '0: a palette per frame, as imageio writes it')
     args = p.parse_args(argv)
     if not args.duration > 0:
         p.error(f'argument --duration: must be positive, got {args.duration}')
+    if not 0 < args.scale <= 1:
+        p.error(f'argument --scale: must be in (0, 1], got {args.scale}')
+    if args.every < 1:
+        p.error(f'argument --every: must be at least 1, got {args.every}')
+    if args.colors and not 2 <= args.colors <= 256:
+        p.error(f'argument --colors: must be 0 or 2 to 256, got {args.colors}')
     out = args.out or os.path.join(args.images, 'nce.gif')
     frames = sorted((int(m.group(1)), f) for f in (os.listdir(args.images) if os.path.isdir(args.images) else [])
                     if (m := re.fullmatch(r'epoch_(\d+)\.png', f)))
     if not frames:
         p.error(f'no frames epoch_<N>.png in {args.images}; train first (python train.py) or pass --images')
+    frames = frames[::args.every] + ([frames[-1]] if (len(frames) - 1) % args.every else [])
     if not out.lower().endswith('.gif'):
         p.error(f'argument --out: {out} must end in .gif')
     sys.path.insert(0, os.path.dirname(HERE))
-    from util import atomic_write, unwritable
+    from files import atomic_write, unwritable
     problem = unwritable(os.path.dirname(os.path.abspath(out)))
     if problem or os.path.isdir(out):
         p.error(f'argument --out: cannot write {out}: {problem or "it is a folder"}')
@@ -43,11 +56,36 @@ def main(argv=None):
             p.error(f'cannot read frame {os.path.join(args.images, f)}: {type(e).__name__}')
         if images[-1].shape != images[0].shape:
             p.error(f'frame {f} is {images[-1].shape[1]}x{images[-1].shape[0]}, unlike the first frame: frames of different runs?')
-    # imageio's pillow plugin takes the duration in milliseconds per frame
-    atomic_write(out, lambda tmp: iio.imwrite(tmp, np.stack(images), extension='.gif',
-                                              duration=args.duration, loop=args.loop))
+    if args.scale == 1 and not args.colors:
+        # imageio's pillow plugin takes the duration in milliseconds per frame
+        atomic_write(out, lambda tmp: iio.imwrite(tmp, np.stack(images), extension='.gif',
+                                                  duration=args.duration, loop=args.loop))
+    else:
+        write_small(out, images, args)
     print(f'{len(images)} frames, epochs {frames[0][0]}..{frames[-1][0]}, {args.duration:g} ms each')
     print(out)
+
+
+def write_small(out, images, args):
+    """The GIF resized by args.scale and, with args.colors, on one palette shared by every frame: taken from a
+    strip of up to 8 frames spread over the run, so the colours of early and late densities are both in it.
+    With one palette, pillow's optimize stores only the part of each frame that changed."""
+    from PIL import Image
+
+    from files import atomic_write
+    ims = [Image.fromarray(a) for a in images]
+    if args.scale != 1:
+        size = (max(1, round(ims[0].width * args.scale)), max(1, round(ims[0].height * args.scale)))
+        ims = [im.resize(size, Image.Resampling.LANCZOS) for im in ims]
+    if args.colors:
+        sample = ims[::max(1, len(ims) // 8)]
+        strip = Image.new('RGB', (ims[0].width, ims[0].height * len(sample)))
+        for i, im in enumerate(sample):
+            strip.paste(im, (0, i * im.height))
+        palette = strip.quantize(args.colors, method=Image.Quantize.MEDIANCUT)
+        ims = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in ims]
+    atomic_write(out, lambda tmp: ims[0].save(tmp, format='GIF', save_all=True, append_images=ims[1:],
+                                              duration=args.duration, loop=args.loop, optimize=bool(args.colors)))
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data import DATASETS, log_density, sample_2d_data
-from util import grid
+from evaluate import grid
 
 
 def sample(name, n, seed=0):

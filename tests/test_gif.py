@@ -30,7 +30,7 @@ def test_frames_in_numeric_order_at_the_given_duration(run, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == 'out.gif'
     got = read_gif(tmp_path / 'out.gif')
-    assert [abs(r - 10 * e) <= 4 for (r, _), e in zip(got, [0, 1, 2, 3, 10, 11])] == [True] * 6
+    assert [abs(r - 10 * e) <= 4 for (r, _), e in zip(got, [0, 1, 2, 3, 10, 11], strict=True)] == [True] * 6
     assert [d for _, d in got] == [150] * 6
 
 
@@ -66,3 +66,18 @@ def test_errors(run, tmp_path):
     p = run(SCRIPT, '--images', 'run', '--out', 'x.gif')
     assert_one_line_error(p)
     assert 'epoch_2.png' in p.stderr and not (tmp_path / 'x.gif').exists()
+
+
+def test_a_small_gif_scales_skips_and_shares_one_palette(run, tmp_path):
+    """--scale shrinks every frame, --every keeps every N-th frame and the last, --colors puts all frames on
+    one palette: the colours survive within the palette's precision."""
+    frames(tmp_path / 'run', range(6))
+    p = run(SCRIPT, '--images', 'run', '--out', 'small.gif', '--scale', 0.5, '--every', 2, '--colors', 16)
+    assert p.returncode == 0, p.stderr
+    im = Image.open(tmp_path / 'small.gif')
+    assert (im.width, im.height) == (16, 12)
+    got = read_gif(tmp_path / 'small.gif')
+    assert [abs(r - 10 * e) <= 8 for (r, _), e in zip(got, [0, 2, 4, 5], strict=True)] == [True] * 4
+    for bad in (('--scale', 0), ('--scale', 1.5), ('--every', 0), ('--colors', 1), ('--colors', 300)):
+        assert_one_line_error(run(SCRIPT, '--images', 'run', '--out', 'bad.gif', *bad))
+    assert not (tmp_path / 'bad.gif').exists()

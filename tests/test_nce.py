@@ -6,8 +6,10 @@ import torch
 import torch.distributions as D
 
 from conftest import GaussEnergy
+from evaluate import log_partition
 from model import EBM
-from util import log_partition, make_noise, value
+from noise import make_noise
+from util import value
 
 MEAN = torch.tensor([0.7, -0.4], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
@@ -74,7 +76,7 @@ def test_quadrature_matches_a_fine_uniform_grid_on_a_trained_network():
     x = sample_2d_data('rings', 4000, torch.Generator().manual_seed(0))
     energy, noise = EBM(), make_noise('gaussian', x)
     opt = torch.optim.Adam(energy.parameters(), lr=3e-3)
-    for i in range(600):
+    for _ in range(600):
         batch = x[torch.randint(len(x), (200,))]
         loss = value(energy, noise, batch, noise.sample((200,)))[0]
         opt.zero_grad()

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from data import sample_2d_data
+from evaluate import grid
+from files import load_checkpoint
 from model import EBM
-from util import grid, load_checkpoint, make_noise, value
+from noise import make_noise
+from util import value
 
 
 @pytest.mark.parametrize('dataset', ['rings', 'checkerboard', 'pinwheel'])

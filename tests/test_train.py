@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_one_line_error
+from files import load_checkpoint
 from model import EBM
-from util import load_checkpoint
 
 SMALL = ('--samples', 400, '--batch', 100)
 
@@ -195,17 +195,18 @@ def test_a_cosine_run_interrupted_and_resumed_by_the_printed_command_is_the_unin
     """Ctrl-C after epoch 0 of 3; the command it prints resumes with the 2 epochs left, so the cosine schedule
     keeps its length and the run ends exactly where the uninterrupted one does."""
     import shlex
+
+    import files
     import train
-    import util
     monkeypatch.chdir(tmp_path)
     common = ['--samples', '300', '--batch', '64', '--schedule', 'cosine', '--lr', '0.01', '--hidden', '16', '--nu', '3',
               '--fourier', '4', '--eval-every', '0', '--no-plot', '--epoch', '3']
     train.main(train.get_args([*common, '--ckpt', 'a.pth.tar']))
-    write_metrics = util.write_metrics
+    write_metrics = files.write_metrics
     def interrupt(*a):                   # Ctrl-C just after the first checkpoint is written
-        monkeypatch.setattr(util, 'write_metrics', write_metrics)
+        monkeypatch.setattr(files, 'write_metrics', write_metrics)
         raise KeyboardInterrupt
-    monkeypatch.setattr(util, 'write_metrics', interrupt)
+    monkeypatch.setattr(files, 'write_metrics', interrupt)
     with pytest.raises(SystemExit) as e:
         train.main(train.get_args([*common, '--ckpt', 'b.pth.tar']))
     assert e.value.code == 130 and load_checkpoint(tmp_path / 'b.pth.tar')['epoch'] == 0
@@ -220,16 +221,16 @@ def test_a_cosine_run_interrupted_and_resumed_by_the_printed_command_is_the_unin
 def test_ctrl_c_while_the_checkpoint_is_written_names_the_epoch_it_holds(tmp_path, monkeypatch, capsys):
     """A Ctrl-C that arrives during the second epoch's save is held until the save ends: the run then stops
     saying the checkpoint holds epoch 1, which it does, and its command resumes with the 1 epoch left."""
+    import files
     import train
-    import util
     monkeypatch.chdir(tmp_path)
-    save, saves = util.save_checkpoint, []
+    save, saves = files.save_checkpoint, []
     def save_interrupted(state, path):
         saves.append(state['epoch'])
         if len(saves) == 2:
             os.kill(os.getpid(), signal.SIGINT)
         save(state, path)
-    monkeypatch.setattr(util, 'save_checkpoint', save_interrupted)
+    monkeypatch.setattr(files, 'save_checkpoint', save_interrupted)
     with pytest.raises(SystemExit) as e:
         train.main(train.get_args(['--samples', '200', '--hidden', '16', '--eval-every', '0', '--no-plot', '--epoch', '3']))
     err = capsys.readouterr().err
@@ -241,7 +242,7 @@ def test_ctrl_c_while_the_checkpoint_is_written_names_the_epoch_it_holds(tmp_pat
 def test_an_epoch_of_batches_uses_every_point_once_with_nu_noise_samples_each():
     import train
     from data import sample_2d_data
-    from util import make_noise
+    from noise import make_noise
     torch.manual_seed(0)
     x = sample_2d_data('moons', 250, torch.Generator().manual_seed(0))
     noise = make_noise('gaussian', x)
@@ -271,16 +272,17 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left_and_nothing_else(ru
 
 
 FAULTS = """import resource, sys, torch
-import util
+import train
+from evaluate import evaluate
 from model import EBM
 if sys.argv[1] == 'keep':
-    util.keep_freed_memory()
+    train.keep_freed_memory()
 energy, x_test = EBM(), torch.randn(20000, 2)
 for _ in range(3):
-    util.evaluate(energy, x_test)
+    evaluate(energy, x_test)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
-    util.evaluate(energy, x_test)
+    evaluate(energy, x_test)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
@@ -288,7 +290,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
 def test_keep_freed_memory_stops_the_page_faults_of_each_evaluation():
     """Each evaluation allocates and frees MB-sized tensors; with glibc's defaults their pages are handed back
-    and faulted in again every time, after util.keep_freed_memory() they are reused."""
+    and faulted in again every time, after train.keep_freed_memory() they are reused."""
     faults = {how: float(subprocess.run([sys.executable, '-c', FAULTS, how], cwd=ROOT, capture_output=True,
                                         text=True, check=True).stdout) for how in ('default', 'keep')}
     assert faults['keep'] < 1000 and faults['keep'] * 10 < faults['default'], faults

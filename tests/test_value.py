@@ -74,7 +74,7 @@ def test_gradient_wrt_c(nu):
 def test_adam_step_is_torch_adam(monkeypatch):
     """Our Adam against torch.optim.Adam on the same gradients: bit for bit against the fused kernel it
     calls, to float precision against the default implementation and against our plain-ops fallback."""
-    import util
+    import optim
     torch.manual_seed(3)
     nets = [EBM() for _ in range(3)]
     for n in nets[1:]:
@@ -82,29 +82,29 @@ def test_adam_step_is_torch_adam(monkeypatch):
     fused = torch.optim.Adam(nets[1].parameters(), lr=1e-2, betas=(0.8, 0.99), fused=True)
     plain = torch.optim.Adam(nets[2].parameters(), lr=1e-2, betas=(0.8, 0.99))
     params = list(nets[0].parameters())
-    state = util.adam_init(params)
+    state = optim.adam_init(params)
     for _ in range(30):
         x = torch.randn(64, 2)
         for n in nets:
             n.zero_grad()
             n(x).pow(2).mean().backward()
-        util.adam_step(params, state, 1e-2, 0.8, 0.99)
+        optim.adam_step(params, state, 1e-2, 0.8, 0.99)
         fused.step()
         plain.step()
-    for a, b, c in zip(params, nets[1].parameters(), nets[2].parameters()):
+    for a, b, c in zip(params, nets[1].parameters(), nets[2].parameters(), strict=True):
         assert torch.equal(a, b)
         assert torch.allclose(a, c, atol=1e-6)
 
     # the fallback for a torch without the fused kernel computes the same update
-    monkeypatch.setattr(util, 'FUSED_ADAM', None)
+    monkeypatch.setattr(optim, 'FUSED_ADAM', None)
     before = [p.detach().clone() for p in params]
     x = torch.randn(64, 2)
     for n in nets[:2]:
         n.zero_grad()
         n(x).pow(2).mean().backward()
-    util.adam_step(params, state, 1e-2, 0.8, 0.99)
+    optim.adam_step(params, state, 1e-2, 0.8, 0.99)
     fused.step()
-    for a, b, old in zip(params, nets[1].parameters(), before):
+    for a, b, old in zip(params, nets[1].parameters(), before, strict=True):
         assert not torch.equal(a, old) and torch.allclose(a, b, atol=1e-7)
 
 

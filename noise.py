@@ -1,0 +1,32 @@
+"""The noise distributions q that NCE contrasts the data with."""
+import torch
+
+NOISES = ('gaussian', 'fit', 'gmm')
+
+
+def make_noise(kind, data):
+    """The noise distribution q, on data's device. NCE needs q > 0 wherever the data has mass, its log
+    density in closed form, and cheap samples; every choice here is a torch.distributions object."""
+    import torch.distributions as D
+    # validate_args=False: validation would check every log_prob's input with a host sync, once a step
+    no_check = dict(validate_args=False)
+    device = data.device
+    if kind == 'gaussian':          # the original N(0, 4I), as a product of two N(0, 2²): closed form, no Cholesky
+        return D.Independent(D.Normal(torch.zeros(2, device=device), torch.full((2,), 2.0, device=device), **no_check), 1, **no_check)
+    mean, cov = data.mean(0), torch.cov(data.T)
+    if kind == 'fit':               # the data's mean and covariance, each std doubled: every data point sits well inside
+        return D.MultivariateNormal(mean, 4 * cov, **no_check)
+    if kind == 'gmm':
+        from sklearn.mixture import GaussianMixture
+        gm = GaussianMixture(16, covariance_type='full', random_state=0).fit(data.cpu().double().numpy())
+        w = torch.as_tensor(gm.weights_, dtype=torch.float32)
+        mu = torch.as_tensor(gm.means_, dtype=torch.float32)
+        # widen each component (covariance x 2, plus 0.05² I) and mix in 10% of a broad Gaussian over the whole
+        # data, so q has heavy enough tails where the data has no mass and the model can be told apart there
+        sigma = 2 * torch.as_tensor(gm.covariances_, dtype=torch.float32) + 0.0025 * torch.eye(2)
+        w = torch.cat([0.9 * w, torch.tensor([0.1])])
+        mu = torch.cat([mu, mean.cpu()[None]])
+        sigma = torch.cat([sigma, 4 * cov.cpu()[None]])
+        return D.MixtureSameFamily(D.Categorical(probs=w.to(device), **no_check),
+                                   D.MultivariateNormal(mu.to(device), sigma.to(device), **no_check), **no_check)
+    raise ValueError(f'unknown noise {kind!r}; choose from {", ".join(NOISES)}')
