@@ -2,6 +2,8 @@
 import torch
 
 NOISES = ('gaussian', 'fit', 'gmm')
+# the fewest training points each noise can be fitted to: a full-rank 2D covariance needs 3, the mixture one per component
+MIN_SAMPLES = dict(gaussian=1, fit=3, gmm=16)
 
 
 def make_noise(kind, data):

@@ -28,8 +28,11 @@ p.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=DATASETS
 p.add_argument('--no-readme', action='store_true', help='print the table only; leave README.md as it is')
 p.add_argument('--figure', default='images/results.png', help='where to write the density figure')
 args = p.parse_args()
-t_start = time.time()
 ROOT = os.path.dirname(os.path.abspath(__file__))
+for path in [args.figure] + ([] if args.no_readme else [os.path.join(ROOT, 'README.md')]):
+    if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
+        p.error(f'cannot write {path}: {problem}')
+t_start = time.time()
 SAMPLES = {k: v['samples'] for k, v in train.PRESETS.items()}
 
 

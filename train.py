@@ -19,7 +19,7 @@ import optim
 from data import DATASETS, log_density, sample_2d_data
 from evaluate import evaluate, window_log_p
 from model import ACTIVATIONS, EBM
-from noise import NOISES, make_noise
+from noise import MIN_SAMPLES, NOISES, make_noise
 from util import nce_backward, step_values
 
 PRESETS = {
@@ -93,13 +93,83 @@ def get_args(argv=None):
         p.error('argument --device: cuda requested but no CUDA device is available')
     elif args.device == 'mps' and not torch.backends.mps.is_available():
         p.error('argument --device: mps requested but no MPS device is available')
+    if args.samples < MIN_SAMPLES[args.noise]:
+        p.error(f'argument --samples: --noise {args.noise} needs at least {MIN_SAMPLES[args.noise]} samples, got {args.samples}')
+    if not -2**63 <= args.seed <= 2**64 - 1 - TEST_SEED:
+        p.error(f'argument --seed: must be in [-2^63, 2^64 - 2^32 - 1], got {args.seed}')
+    check_paths(p, args)
+    need, available = memory_needed(args), memory_available(args.device)
+    if available is not None and sum(need.values()) > available:
+        part = max(need, key=need.get)
+        p.error(f'this run needs about {gb(sum(need.values()))} of memory ({part} {gb(need[part])}), more than the '
+                f'{gb(available)} available; lower --samples, --nu, --batch, --hidden, --depth or --fourier')
+    return args
+
+
+def check_paths(p, args):
+    """Refuse, before anything is written, outputs that are not ours to write: a path that is not a regular
+    file (a device such as /dev/null, a FIFO, a socket, a folder, a link to one), or a folder we cannot write."""
+    if not os.path.basename(args.ckpt):
+        p.error(f'argument --ckpt: {args.ckpt!r} names no file')
+    if not args.images:
+        p.error("argument --images: '' names no folder")
+    if os.path.basename(args.ckpt) == 'metrics.csv':
+        p.error('argument --ckpt: metrics.csv is the name of the metrics file written beside the checkpoint')
     for flag, folder in (('--ckpt', os.path.dirname(args.ckpt)), ('--images', args.images)):
         problem = files.unwritable(folder or '.')
         if problem:
             p.error(f'argument {flag}: cannot write to {folder or "."}: {problem}')
-    if os.path.isdir(args.ckpt):
-        p.error(f'argument --ckpt: {args.ckpt} is a folder, not a file')
-    return args
+    outputs = [args.ckpt, metrics_path(args)] + ([] if args.no_plot else files.matching(args.images, FRAMES))
+    for path in outputs:
+        problem = files.not_a_file(path)
+        if problem:
+            p.error(f'argument {"--images" if path not in outputs[:2] else "--ckpt"}: {problem}')
+    if os.path.abspath(args.ckpt) == os.path.abspath(args.images):
+        p.error('argument --images: the same path as --ckpt')
+
+
+def gb(n):
+    return f'{n / 2**30:.1f} GB' if n >= 2**30 else f'{n / 2**20:.0f} MB'
+
+
+def memory_needed(args):
+    """Bytes a run needs at its peak, by part, estimated from its settings before anything is allocated
+    (float32 tensors of 4 bytes, indices of 8)."""
+    n, rows = args.samples, (1 + args.nu) * args.samples
+    width_in, h = 2 + 2 * args.fourier, args.hidden
+    params = width_in * h + h + (args.depth - 1) * (h * h + h) + h + 1 + 2 * args.fourier
+    activations = width_in + 2 * args.depth * h           # per row: the input, and each layer's output and activation
+    return {'training data': 96 * n,                       # drawn in float64, then x, log q and the epoch's order
+            # an epoch's data and noise, labels, log q, their reordering and the steps' values: 96 to 420 bytes a
+            # row were measured at 4 to 10 million rows, how much depending on how the allocator reuses memory
+            "an epoch's noise": 420 * rows,
+            'network and Adam state': 16 * params,          # weights, gradients and two moments
+            'a step': 8 * (1 + args.nu) * args.batch * activations,   # activations and their gradients
+            'evaluation': 4 * 8192 * activations + 2**22 if args.eval_every else 0,   # a chunk of the grid
+            'the rest': 2**28}                               # torch, matplotlib and the frame
+
+
+def memory_available(device):
+    """Bytes this process may still allocate on device, or None where we cannot tell: a CUDA device's free
+    memory; on Linux, MemAvailable, capped by a container's (cgroup's) limit; elsewhere the physical memory."""
+    if device == 'cuda':
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open('/proc/meminfo') as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration, ValueError):
+        try:
+            return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        with open('/sys/fs/cgroup/memory.max') as f, open('/sys/fs/cgroup/memory.current') as g:
+            limit = f.read().strip()
+            if limit != 'max':
+                available = min(available, int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def keep_freed_memory():
@@ -121,6 +191,10 @@ def keep_freed_memory():
 def fail(msg):
     print(f'{os.path.basename(sys.argv[0])}: error: {msg}', file=sys.stderr)
     sys.exit(2)
+
+
+def metrics_path(args):
+    return os.path.join(os.path.dirname(args.ckpt), 'metrics.csv')
 
 
 def frame_path(args, epoch):
@@ -234,6 +308,16 @@ def summary(args, history, start, end):
 
 
 def main(args):
+    """One run, holding its checkpoint path and its frames folder against other runs while it lasts."""
+    locks = [(files.lock_file(args.ckpt), args.ckpt)] + ([] if args.no_plot else [(files.lock_file(args.images, folder=True), args.images)])
+    try:
+        with files.locked(*locks):
+            run(args)
+    except files.Locked as e:
+        fail(str(e))
+
+
+def run(args):
     keep_freed_memory()
     model_kwargs = network_kwargs(vars(args))
     ckpt = check_resume(args, model_kwargs) if args.resume else None
@@ -241,7 +325,10 @@ def main(args):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     x_train = sample_2d_data(args.dataset, args.samples, torch.Generator().manual_seed(args.seed)).to(device)
-    noise = make_noise(args.noise, x_train)
+    try:
+        noise = make_noise(args.noise, x_train)
+    except (ValueError, RuntimeError) as e:          # e.g. a covariance that is not positive definite
+        fail(f'cannot fit --noise {args.noise} to the training data: {str(e).splitlines()[0][:160]}')
     log_q_train = noise.log_prob(x_train)                     # once: the training data never changes
     energy = EBM(**model_kwargs).to(device)
     params = list(energy.parameters())
@@ -281,7 +368,7 @@ def main(args):
                 history.append(row)
                 files.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
                                            epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history), args.ckpt)
-                files.write_metrics(history, os.path.join(os.path.dirname(args.ckpt), 'metrics.csv'))
+                files.write_metrics(history, metrics_path(args))
             pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds') and v is not None})
     except KeyboardInterrupt:
         pbar.close()
@@ -300,3 +387,7 @@ if __name__ == '__main__':
     except KeyboardInterrupt:       # before the loop started: nothing was written yet
         print('\ninterrupted before training started; nothing was written', file=sys.stderr)
         sys.exit(130)
+    except OSError as e:            # a full disk, a read-only file system: what was written stays whole
+        fail(f'{e.strerror or e}{": " + e.filename if e.filename else ""}')
+    except (MemoryError, torch.OutOfMemoryError):
+        fail('out of memory; lower --samples, --nu, --batch, --hidden, --depth or --fourier')

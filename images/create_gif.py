@@ -41,10 +41,13 @@ def main(argv=None):
     if not out.lower().endswith('.gif'):
         p.error(f'argument --out: {out} must end in .gif')
     sys.path.insert(0, os.path.dirname(HERE))
-    from files import atomic_write, unwritable
-    problem = unwritable(os.path.dirname(os.path.abspath(out)))
-    if problem or os.path.isdir(out):
-        p.error(f'argument --out: cannot write {out}: {problem or "it is a folder"}')
+    from files import atomic_write, holder, lock_file, not_a_file, unwritable
+    problem = unwritable(os.path.dirname(os.path.abspath(out))) or not_a_file(out)
+    if problem:
+        p.error(f'argument --out: cannot write {out}: {problem}')
+    pid = holder(lock_file(args.images, folder=True))
+    if pid:
+        p.error(f'a run (process {pid}) is still writing the frames in {args.images}; make the GIF when it has ended')
 
     import imageio.v3 as iio
     import numpy as np
