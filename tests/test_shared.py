@@ -5,13 +5,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import ROOT, assert_one_line_error
 from files import atomic_write, load_checkpoint
+from test_train import start, wait_for
 
 SMALL = ('--samples', 200, '--hidden', 16, '--eval-every', 0)
 mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)
@@ -106,18 +106,6 @@ def test_create_gif_refuses_an_out_that_is_not_a_regular_file(tmp_path, out, mon
         create_gif.main(['--images', 'run', '--out', out])
     assert e.value.code == 2 and ': error: ' in capsys.readouterr().err.strip().splitlines()[-1]
     assert stat.S_ISFIFO(os.stat(tmp_path / 'fifo.gif').st_mode) and not os.path.exists(tmp_path / 'nowhere')
-
-
-def start(tmp_path, *args):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *map(str, args)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path, timeout=60):
-    t = time.time()
-    while not path.exists():
-        assert time.time() - t < timeout
-        time.sleep(0.02)
 
 
 def test_one_run_per_path_and_a_killed_runs_lock_does_not_block(run, tmp_path):
