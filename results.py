@@ -1,15 +1,18 @@
-"""Regenerate the results table and figure of the README: NCE (the original defaults and --preset strong)
-against exact maximum likelihood, a Gaussian mixture and a kernel density estimate, every number exact
-(quadrature, true densities).
+"""Regenerate the README's results over several seeds, in parallel: NCE (the original defaults, other noises, the
+strong preset on its own 100000 samples and on the baselines' 10000) against exact maximum likelihood, a Gaussian
+mixture and a kernel density estimate, every number exact (quadrature, true densities).
 
-$ python results.py               # all datasets, about 13 minutes on a 2-core CPU
-$ python results.py --datasets rings moons --no-readme
+$ python results.py                                   # every dataset, 5 seeds: results.csv, README.md, the figure
+$ python results.py --methods nce-fit nce-gmm         # the noise-family table (docs/strong-preset.md), same CSV
+$ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
+$ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
 """
 import argparse
+import contextlib
+import csv
+import io
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -23,49 +26,113 @@ from data import DATASETS, log_density, sample_2d_data
 from evaluate import PLOT_LIM, evaluate, grid, log_p_on
 from model import EBM
 
-p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-p.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=DATASETS, help='datasets to run')
-p.add_argument('--no-readme', action='store_true', help='print the table only; leave README.md as it is')
-p.add_argument('--figure', default='images/results.png', help='where to write the density figure')
-args = p.parse_args()
 ROOT = os.path.dirname(os.path.abspath(__file__))
-for path in [args.figure] + ([] if args.no_readme else [os.path.join(ROOT, 'README.md')]):
-    if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
-        p.error(f'cannot write {path}: {problem}')
-t_start = time.time()
-SAMPLES = {k: v['samples'] for k, v in train.PRESETS.items()}
+BASE_SAMPLES, STRONG_SAMPLES = train.PRESETS['original']['samples'], train.PRESETS['strong']['samples']
+# the strong preset on the baselines' 10000 samples: twice its 16 epochs (1280 steps, a fifth of its steps on 100000).
+# As many steps as on 100000 (157 epochs) would cost 37 s a job and put 5 seeds over 30 minutes (docs/results.md)
+FAIR_EPOCHS = 32
+METHODS = {     # name: how it is trained; NCE methods are `python train.py` runs with these flags
+    'nce': dict(preset='original', noise='gaussian'),
+    'nce-fit': dict(preset='original', noise='fit'),
+    'nce-gmm': dict(preset='original', noise='gmm'),
+    'strong': dict(preset='strong', noise='gaussian'),     # on --strong-samples, the rest on --samples
+    'strong-10k': dict(preset='strong', noise='gaussian', epoch=FAIR_EPOCHS),
+    'mle': dict(steps=50 * 100),        # the original budget: 50 epochs of 100 steps
+    'gmm': dict(max_k=30),
+    'kde': dict(),
+}
+DEFAULT_METHODS = ('nce', 'strong', 'strong-10k', 'mle', 'gmm', 'kde')
+COST = {'strong': 37, 'mle': 27, 'strong-10k': 8, 'kde': 7, 'gmm': 4}     # seconds a job on one thread: the longest go first
+COLUMNS = ('dataset', 'method', 'seed', 'nll', 'kl', 'c', 'log_z', 'gap', 'H', 'seconds',
+           'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth')
+N_IMG = 160     # the figure's grid
 
 
-def nce(dataset, tmp, preset):
-    """NCE run as a user runs it, `python train.py --dataset D --preset P` with its frames and an evaluation
-    every epoch, timed from process start to exit; its last evaluation is exact."""
-    run = os.path.join(tmp, dataset, preset)
+# ----------------------------------------------------------------------------------------------------
+# one job: a method on a dataset with a seed
+
+def job(dataset, method, seed, cfg):
+    """Train and score one (dataset, method, seed) on one thread. Seed s draws the training data, the initialisation,
+    the data order and the noise as `python train.py --seed s` does; every method of a seed sees the same training
+    data and is scored on the same held-out set. Returns the row and, for seed 0, the density on the figure's grid."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_job(dataset, method, seed, cfg)
+    finally:
+        torch.set_num_threads(threads)      # as it was, where the job ran in this process (--jobs 1)
+
+
+def run_job(dataset, method, seed, cfg):
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--dataset', dataset, '--preset', preset,
-                        '--ckpt', os.path.join(run, 'nce.pth.tar'), '--images', run], capture_output=True, text=True)
-    seconds = time.perf_counter() - t
-    if p.returncode:
-        sys.exit(f'results.py: train.py --dataset {dataset} --preset {preset} failed:\n{p.stderr}')
-    ck = files.load_checkpoint(os.path.join(run, 'nce.pth.tar'))
+    spec = METHODS[method]
+    n = cfg['strong_samples'] if method == 'strong' else cfg['samples']
+    x_train = sample_2d_data(dataset, n, torch.Generator().manual_seed(seed))
+    x_test = sample_2d_data(dataset, train.TEST_SAMPLES, torch.Generator().manual_seed(seed + train.TEST_SEED))
+    H = -log_density(dataset, x_test).double().mean().item()
+    row = dict(dataset=dataset, method=method, seed=seed, H=H, samples=n)
+    energy = None
+    if 'preset' in spec:
+        preset = train.PRESETS[spec['preset']]
+        epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
+        energy, m = nce(dataset, seed, spec, n, epochs)
+        row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec['noise'])
+    elif method == 'mle':
+        steps = max(1, round(spec['steps'] * cfg['budget']))
+        energy = mle(x_train, steps, seed)
+        m = evaluate(energy, x_test, H)[0]
+        row.update(nll=m['nll'], log_z=m['log_z'], steps=steps)     # c plays no part in MLE
+    elif method == 'gmm':
+        row['nll'], row['k'] = gmm(x_train.numpy(), x_test.numpy(), cfg['gmm_max_k'])
+    else:
+        row['nll'], kd = kde(x_train.numpy(), x_test.numpy())
+        row['bandwidth'] = float(kd.bandwidth)
+    row['nll'] = float(row['nll'])
+    row['kl'] = row['nll'] - H
+    if row.get('c') is not None:
+        row['gap'] = abs(row['c'] - row['log_z'])
+    row['seconds'] = time.perf_counter() - t
+    image = None
+    if seed == 0:
+        window = grid(PLOT_LIM, N_IMG)
+        if energy is not None:      # the normalised model, exp(-f_θ - log Z)
+            image = (log_p_on(energy, window) + energy.c.detach() - row['log_z']).exp().view(N_IMG, N_IMG).numpy()
+        elif method == 'kde':
+            image = np.exp(kd.score_samples(window.numpy())).reshape(N_IMG, N_IMG)
+    return {k: row.get(k) for k in COLUMNS}, image
+
+
+def nce(dataset, seed, spec, n, epochs):
+    """`python train.py --dataset D --seed S --preset P --noise Q`, in this process, evaluated exactly at its last
+    epoch (the evaluation draws nothing, so the training is the same as with an evaluation every epoch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, 'nce.pth.tar')
+        argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--noise', spec['noise'],
+                '--samples', str(n), '--epoch', str(epochs), '--eval-every', str(epochs), '--no-plot', '--ckpt', ckpt]
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train.main(train.get_args(argv))
+        ck = files.load_checkpoint(ckpt)
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
-    return energy, dict(ck['history'][-1], seconds=seconds)
+    last = ck['history'][-1]
+    return energy, dict(nll=last['nll'], c=last['c'], log_z=last['log_z'])
 
 
-def mle(x_train, steps, batch=100, lr=1e-3, n=48, lim=5.5, seed=0):
-    """Exact maximum likelihood with the same network, data, steps and Adam: -mean log p_θ(x), with log Z(θ) by
-    the midpoint rule on an n×n grid over [-lim, lim]², shifted at random each step so that the estimate of Z is
-    unbiased and the model cannot hide mass between fixed nodes."""
+def mle(x_train, steps, seed, batch=100, lr=1e-3, n=48, lim=5.5):
+    """Exact maximum likelihood with the original network, its initialisation under `seed`, the same data and Adam:
+    -mean log p_θ(x), with log Z(θ) by the midpoint rule on an n×n grid over [-lim, lim]², shifted at random each
+    step so that the estimate of Z is unbiased and the model cannot hide mass between fixed nodes."""
     torch.manual_seed(seed)
     energy = EBM()
     params = list(energy.parameters())
     adam = optim.adam_init(params)
     h = 2 * lim / n
     base = grid(lim, n)
+    per_epoch = len(x_train) // batch
     for i in range(steps):
-        if i % (len(x_train) // batch) == 0:
+        if i % per_epoch == 0:
             xs = x_train[torch.randperm(len(x_train))]
-        x = xs[(i % (len(x_train) // batch)) * batch:][:batch]
+        x = xs[(i % per_epoch) * batch:][:batch]
         nodes = base + (torch.rand(2) - 0.5) * h
         neg_f = energy(torch.cat([x, nodes])).squeeze(1) + energy.c      # -f_θ; c plays no part in MLE
         loss = -neg_f[:batch].mean() + torch.logsumexp(neg_f[batch:], 0) + 2 * math.log(h)
@@ -76,82 +143,301 @@ def mle(x_train, steps, batch=100, lr=1e-3, n=48, lim=5.5, seed=0):
     return energy
 
 
-def gmm(x_train, x_test):
+def gmm(x_train, x_test, max_k):
+    """A Gaussian mixture with full covariances, its number of components k = 1..max_k chosen by BIC."""
     from sklearn.mixture import GaussianMixture
-    fits = [GaussianMixture(k, covariance_type='full', random_state=0).fit(x_train) for k in range(1, 31)]
+    fits = [GaussianMixture(k, covariance_type='full', random_state=0).fit(x_train) for k in range(1, max_k + 1)]
     best = min(fits, key=lambda g: g.bic(x_train))
     return -best.score(x_test), best.n_components
 
 
 def kde(x_train, x_test):
+    """A Gaussian KDE, its bandwidth chosen among 12 from 0.02 to 0.5 by 3-fold cross-validation. Each density is
+    summed over the tree to a relative error of 1e-6 (rtol), 4x faster than exactly and within 1e-6 nats of it."""
     from sklearn.model_selection import GridSearchCV
     from sklearn.neighbors import KernelDensity
-    search = GridSearchCV(KernelDensity(), {'bandwidth': np.geomspace(0.02, 0.5, 12)}, cv=3).fit(x_train)
+    search = GridSearchCV(KernelDensity(rtol=1e-6), {'bandwidth': np.geomspace(0.02, 0.5, 12)}, cv=3).fit(x_train)
     return -search.best_estimator_.score_samples(x_test).mean(), search.best_estimator_
 
 
-rows, images = [], []
-n_img = 160
-window = grid(PLOT_LIM, n_img)
-with tempfile.TemporaryDirectory() as tmp:
-    for d in args.datasets:
-        t0 = time.time()
-        x_train = sample_2d_data(d, SAMPLES['original'], torch.Generator().manual_seed(0))   # train.py's, seed 0
-        x_test = sample_2d_data(d, train.TEST_SAMPLES, torch.Generator().manual_seed(train.TEST_SEED))
-        H = -log_density(d, x_test).double().mean().item()
-        e_nce, last = nce(d, tmp, 'original')
-        e_strong, strong = nce(d, tmp, 'strong')
-        e_mle = mle(x_train, steps=50 * 100)
-        m_mle, _ = evaluate(e_mle, x_test, H)
-        nll_gmm, k = gmm(x_train.numpy(), x_test.numpy())
-        nll_kde, kd = kde(x_train.numpy(), x_test.numpy())
-        rows.append(dict(dataset=d, H=H, nce=last, strong=strong, mle=m_mle, gmm=nll_gmm, k=k, kde=nll_kde, bw=kd.bandwidth))
-        norm = lambda e, m: (log_p_on(e, window) + m['c'] - m['log_z']).exp().view(n_img, n_img)
-        images.append([log_density(d, window).exp().view(n_img, n_img), norm(e_nce, last), norm(e_strong, strong), norm(e_mle, m_mle),
-                       torch.as_tensor(np.exp(kd.score_samples(window.numpy()))).view(n_img, n_img)])
-        print(f'{d}: {time.time() - t0:.0f} s')
+# ----------------------------------------------------------------------------------------------------
+# results.csv: a row per (dataset, method, seed)
 
-f = lambda nll, h: f'{nll:.3f} ({nll - h:.3f})'
-gap = lambda m: f"{abs(m['c'] - m['log_z']):.3f}"
-table = ['| dataset | H (true) | NCE | NCE \\|c − log Z\\| | NCE strong | strong \\|c − log Z\\| | strong wall | exact MLE '
-         '| GMM (k by BIC) | KDE (bandwidth by CV) |', '|---|---|---|---|---|---|---|---|---|---|']
-for r in rows:
-    h = r['H']
-    table.append(f"| {r['dataset']} | {h:.3f} | {f(r['nce']['nll'], h)} | {gap(r['nce'])} | {f(r['strong']['nll'], h)} | "
-                 f"{gap(r['strong'])} | {r['strong']['seconds']:.0f} s | {f(r['mle']['nll'], h)} | "
-                 f"{f(r['gmm'], h)}, k={r['k']} | {f(r['kde'], h)}, {r['bw']:.3f} |")
-wall = time.time() - t_start
-table.append('')
-table.append(f'Test NLL (KL = NLL − H) in nats, on {train.TEST_SAMPLES} held-out samples. NCE, exact MLE, GMM and KDE '
-             f'see the same {SAMPLES["original"]} training samples; NCE strong draws its own {SAMPLES["strong"]}. "strong wall" is the whole '
-             f'`python train.py --preset strong` run, frames and evaluation every epoch included. Regenerated by '
-             f'`python results.py` in {wall / 60:.1f} minutes ({torch.get_num_threads()} CPU threads).')
-text = '\n'.join(table)
-print(text)
+def key(row):
+    return (DATASETS.index(row['dataset']), list(METHODS).index(row['method']), int(row['seed']))
 
-import matplotlib
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt
+def write_csv(rows, path):
+    rows = sorted(rows, key=key)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator='\n')
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow(['' if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in COLUMNS])
+    files.write_text(path, text.getvalue())
 
-fig, axs = plt.subplots(len(rows), 5, figsize=(10, 2 * len(rows)), squeeze=False)
-for i, (r, ims) in enumerate(zip(rows, images, strict=True)):
-    for j, (im, title) in enumerate(zip(ims, ('truth', 'NCE', 'NCE strong', 'exact MLE', 'KDE'), strict=True)):
-        axs[i, j].imshow(im.numpy(), cmap='jet', origin='lower', extent=(-4, 4, -4, 4))
-        axs[i, j].set_axis_off()
-        if i == 0:
-            axs[i, j].set_title(title)
-    axs[i, 0].text(-4.3, 0, r['dataset'], rotation=90, va='center', ha='right')
-fig.tight_layout()
-files.atomic_write(args.figure, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
-print(f'figure: {args.figure}')
 
-if not args.no_readme:
-    path = os.path.join(ROOT, 'README.md')
-    readme = open(path).read()
-    start, end = '<!-- results:start -->', '<!-- results:end -->'
-    if start in readme and end in readme:
-        head, rest = readme.split(start)
-        readme = head + start + '\n' + text + '\n' + end + rest.split(end)[1]
-        files.write_text(path, readme)
-        print('README.md updated')
+def read_csv(path):
+    """The rows of a results CSV, numbers as numbers and blanks as None."""
+    def value(k, v):
+        if v == '':
+            return None
+        if k in ('seed', 'samples', 'epochs', 'steps', 'k'):
+            return int(v)
+        return v if k in ('dataset', 'method', 'preset', 'noise') else float(v)
+    with open(path, newline='') as f:
+        rows = [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+    bad = [r for r in rows if r.get('dataset') not in DATASETS or r.get('method') not in METHODS]
+    if not rows or set(rows[0]) != set(COLUMNS) or bad:
+        raise ValueError(f'{path} is not a results CSV of this repo')
+    return rows
+
+
+def combine(*tables):
+    """Rows of several tables, later ones replacing earlier ones of the same (dataset, method, seed)."""
+    out = {}
+    for rows in tables:
+        out.update({(r['dataset'], r['method'], r['seed']): r for r in rows})
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------------------------------
+# tables: mean ± sd over seeds; a difference is claimed where a paired t-test across seeds supports it
+
+def cells(rows, dataset, method, col):
+    return [r[col] for r in sorted(rows, key=key) if r['dataset'] == dataset and r['method'] == method and r[col] is not None]
+
+
+def mean_sd(values, digits=3):
+    if not values:
+        return ''
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
+def paired(rows, dataset, a, b, col='kl'):
+    """Mean and sd of a − b over the seeds both have, and whether a paired t-test (two-sided, 95%) tells them apart."""
+    from scipy import stats
+    va = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == a}
+    vb = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == b}
+    d = np.array([va[s] - vb[s] for s in sorted(va.keys() & vb.keys())])
+    if len(d) < 2:
+        return None
+    sd = d.std(ddof=1)
+    significant = sd == 0 and d.mean() != 0 or sd > 0 and stats.ttest_1samp(d, 0).pvalue < 0.05
+    return d.mean(), sd, bool(significant)
+
+
+def verdict(rows, a, b, col='kl'):
+    """Where a is lower than b, higher, and neither, over the datasets both have, as one sentence."""
+    lower, higher, same = [], [], []
+    for d in DATASETS:
+        p = paired(rows, d, a, b, col)
+        if p:
+            (lower if p[2] and p[0] < 0 else higher if p[2] else same).append(d)
+    parts = [f'lower on {", ".join(lower)}' if lower else '', f'higher on {", ".join(higher)}' if higher else '',
+             f'no difference shown on {", ".join(same)}' if same else '']
+    return '; '.join(p for p in parts if p)
+
+
+def results_table(rows, seeds):
+    has = lambda m: any(r['method'] == m for r in rows)
+    cols = [(m, t) for m, t in (('nce', 'NCE'), ('strong', 'strong'), ('strong-10k', 'strong 10k'), ('mle', 'exact MLE'),
+                                ('gmm', 'GMM'), ('kde', 'KDE')) if has(m)]
+    head = ['dataset', 'H']
+    for m, title in cols:
+        head += [title] + (['gap'] if m in ('nce', 'strong') else []) + (['wall'] if m == 'strong' else [])
+    table = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for d in DATASETS:
+        if not any(r['dataset'] == d for r in rows):
+            continue
+        line = [d, f'{np.mean(cells(rows, d, cols[0][0], "H")):.3f}']
+        for m, _ in cols:
+            line += [mean_sd(cells(rows, d, m, 'kl'))] + ([mean_sd(cells(rows, d, m, 'gap'))] if m in ('nce', 'strong') else [])
+            line += [f'{np.mean(cells(rows, d, m, "seconds")):.0f} s'] if m == 'strong' else []
+        table.append('| ' + ' | '.join(line) + ' |')
+    table += ['', f'KL = test NLL − H (nats) and gap = |c − log Z|, mean ± sd over seeds {seeds}, each seed as '
+              f'`python train.py --seed s`. strong draws {STRONG_SAMPLES} samples; every other method, strong 10k '
+              f'included ({FAIR_EPOCHS} epochs), the seed\'s {BASE_SAMPLES}. wall: one thread. Claims need a paired '
+              't-test across seeds (95%); see [docs/results.md](docs/results.md):', '']
+    for a, b, what in (('nce', 'mle', 'NCE against exact MLE, same network and steps'),
+                       ('strong-10k', 'gmm', 'Strong 10k against the GMM'), ('strong-10k', 'kde', 'Strong 10k against the KDE'),
+                       ('strong', 'strong-10k', 'Strong on 100000 samples against 10000')):
+        if has(a) and has(b):
+            table.append(f'- {what}: KL {verdict(rows, a, b)}.')
+    return '\n'.join(table)
+
+
+def comparison_rows(rows):
+    """The strong preset against the baselines, dataset by dataset: paired KL differences, mean ± sd over seeds."""
+    table = ['| dataset | strong (100000) − GMM | strong (10000) − GMM | strong (10000) − KDE |', '|---|---|---|---|']
+    for d in DATASETS:
+        out = []
+        for a, b in (('strong', 'gmm'), ('strong-10k', 'gmm'), ('strong-10k', 'kde')):
+            p = paired(rows, d, a, b)
+            out.append('' if p is None else f'{p[0]:+.4f} ± {p[1]:.4f}' + (' *' if p[2] else ''))
+        if any(out):
+            table.append(f'| {d} | ' + ' | '.join(out) + ' |')
+    table += ['', 'KL differences in nats, paired by seed (mean ± sd); negative: the strong preset is closer to the '
+              'data. * marks a difference a paired t-test across seeds finds (two-sided, 95%).']
+    return '\n'.join(table)
+
+
+def noise_table(rows):
+    methods = [m for m in ('nce', 'nce-fit', 'nce-gmm') if any(r['method'] == m for r in rows)]
+    shown = [d for d in DATASETS if any(r['dataset'] == d and r['method'] in methods for r in rows)]
+    table = ['| noise | ' + ' | '.join(shown) + ' |', '|---|' + '---|' * len(shown)]
+    for m in methods:
+        line = []
+        for d in shown:
+            p = paired(rows, d, m, 'nce') if m != 'nce' else None
+            line.append(mean_sd(cells(rows, d, m, 'kl')) + (' *' if p and p[2] else ''))
+        table.append(f'| `{METHODS[m]["noise"]}` | ' + ' | '.join(line) + ' |')
+    table += ['', 'KL (nats) after the default 50 epochs (ν = 1), mean ± sd over seeds. * marks a noise whose KL differs '
+              'from the original N(0, 4I) by a paired t-test across seeds (two-sided, 95%).']
+    for m in methods[1:]:
+        table.append(f'- `{METHODS[m]["noise"]}` against `gaussian`: KL {verdict(rows, m, "nce")}.')
+    return '\n'.join(table)
+
+
+def put(path, name, text):
+    """Replace the text between <!-- name:start --> and <!-- name:end --> in path, if both are there."""
+    doc = open(path).read()
+    start, end = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+    if start in doc and end in doc:
+        head, rest = doc.split(start)
+        files.write_text(path, head + start + '\n' + text + '\n' + end + rest.split(end)[1])
+
+
+def write_docs(rows, ran, wall=None):
+    """The tables of the methods that ran (`ran`), from every row: the results table and the comparison rows if a
+    method of the results table ran, the noise table if a noise did."""
+    seeds = sorted({r['seed'] for r in rows})
+    seeds = f'{seeds[0]} to {seeds[-1]}' if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else str(seeds)
+    text = ''
+    if set(ran) & set(DEFAULT_METHODS):
+        footer = f'Regenerated by `python results.py` in {wall}.' if wall else None
+        if footer is None:      # a merge, or tables redrawn from the CSV: the time of the run that made the rows stays
+            import re
+            footer = next(iter(re.findall(r'Regenerated by `python results.py` in [^\n]*', open(os.path.join(ROOT, 'README.md')).read())), '')
+        text = results_table(rows, seeds) + ('\n\n' + footer if footer else '')
+        put(os.path.join(ROOT, 'README.md'), 'results', text)
+        put(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(rows))
+    if set(ran) & {'nce-fit', 'nce-gmm'}:
+        text += '\n\n' + noise_table(rows)
+        put(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(rows))
+    return text
+
+
+def figure(rows, images, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    shown = [d for d in DATASETS if all((d, m) in images for m in ('nce', 'strong', 'mle', 'kde'))]
+    if not shown:
+        return False
+    window = grid(PLOT_LIM, N_IMG)
+    fig, axs = plt.subplots(len(shown), 5, figsize=(10, 2 * len(shown)), squeeze=False)
+    for i, d in enumerate(shown):
+        ims = [log_density(d, window).exp().view(N_IMG, N_IMG).numpy()] + [images[d, m] for m in ('nce', 'strong', 'mle', 'kde')]
+        for j, (im, title) in enumerate(zip(ims, ('truth', 'NCE', 'NCE strong', 'exact MLE', 'KDE'), strict=True)):
+            axs[i, j].imshow(im, cmap='jet', origin='lower', extent=(-4, 4, -4, 4))
+            axs[i, j].set_axis_off()
+            if i == 0:
+                axs[i, j].set_title(title)
+        axs[i, 0].text(-4.3, 0, d, rotation=90, va='center', ha='right')
+    fig.tight_layout()
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=DATASETS, help='datasets to run')
+    p.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS), choices=list(METHODS),
+                   help=f'methods to run (default: {" ".join(DEFAULT_METHODS)}; nce-fit and nce-gmm make the noise table)')
+    p.add_argument('--seeds', type=int, default=5, help='seeds 0..N-1, each a run of every method')
+    p.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs in parallel, each on one torch thread')
+    p.add_argument('--shard', default='0/1', help='i/N: run only every N-th job, from the i-th (0-based)')
+    p.add_argument('--merge', nargs='+', metavar='CSV', help='assemble these CSVs into --out and the tables; run nothing')
+    p.add_argument('--out', help='the CSV to write (default results.csv, or results-<i>-of-<N>.csv for a shard); '
+                   'rows already in results.csv are kept unless rerun')
+    p.add_argument('--no-readme', action='store_true', help='leave README.md, docs/ and the figure as they are')
+    p.add_argument('--figure', default='images/results.png', help='where to write the density figure (seed 0)')
+    # smaller budgets, for tests and quick looks
+    p.add_argument('--samples', type=int, default=BASE_SAMPLES, help='training samples of every method but strong')
+    p.add_argument('--strong-samples', type=int, default=STRONG_SAMPLES, help='training samples of the strong preset')
+    p.add_argument('--budget', type=float, default=1.0, help='fraction of every trained method\'s epochs and steps')
+    p.add_argument('--gmm-max-k', type=int, default=30, help='largest number of mixture components tried')
+    args = p.parse_args(argv)
+    try:
+        i, n = (int(v) for v in args.shard.split('/'))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        p.error(f'argument --shard: expected i/N with 0 <= i < N, got {args.shard!r}')
+    args.shard = (i, n)
+    args.out = args.out or ('results.csv' if n == 1 or args.merge else f'results-{i}-of-{n}.csv')
+    if args.seeds < 1:
+        p.error(f'argument --seeds: must be at least 1, got {args.seeds}')
+    if args.jobs < 1:
+        p.error(f'argument --jobs: must be at least 1, got {args.jobs}')
+    if not (math.isfinite(args.budget) and 0 < args.budget <= 1):
+        p.error(f'argument --budget: must be in (0, 1], got {args.budget}')
+    if not 1 <= args.gmm_max_k <= 100:
+        p.error(f'argument --gmm-max-k: must be in 1..100, got {args.gmm_max_k}')
+    if args.samples < 16 or args.strong_samples < 256:
+        p.error('argument --samples: at least 16 (the gmm noise), --strong-samples at least 256 (a strong batch)')
+    for path in [args.out] + ([] if args.no_readme else [args.figure, os.path.join(ROOT, 'README.md')]):
+        if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
+            p.error(f'cannot write {path}: {problem}')
+    for path in args.merge or []:
+        try:
+            read_csv(path)
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f'argument --merge: cannot read {path}: {e}')
+    return args
+
+
+def main(args):
+    t0 = time.time()
+    if args.merge:
+        rows = combine(*(read_csv(f) for f in args.merge))
+        write_csv(rows, args.out)
+        print(f'{len(rows)} rows from {len(args.merge)} files: {args.out}')
+        if not args.no_readme:
+            print(write_docs(rows, {r['method'] for r in rows}))
+        return
+    cfg = dict(samples=args.samples, strong_samples=args.strong_samples, budget=args.budget, gmm_max_k=args.gmm_max_k)
+    jobs = [(d, m, s) for d in args.datasets for m in METHODS if m in args.methods for s in range(args.seeds)]
+    i, n = args.shard
+    jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+    rows, images = [], {}
+    run = Parallel(n_jobs=args.jobs, return_as='generator_unordered')(delayed(job)(*j, cfg) for j in jobs)
+    for row, image in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
+        rows.append(row)
+        if image is not None:
+            images[row['dataset'], row['method']] = image
+    wall = time.time() - t0
+    old = read_csv(args.out) if os.path.isfile(args.out) and n == 1 else []
+    write_csv(combine(old, rows), args.out)
+    for m in METHODS:
+        spent = [r['seconds'] for r in rows if r['method'] == m]
+        if spent:
+            print(f'{m}: {len(spent)} jobs, {sum(spent) / 60:.1f} job-minutes, {np.mean(spent):.1f} s each')
+    print(f'{len(rows)} jobs in {wall / 60:.1f} minutes on {args.jobs} workers: {args.out}')
+    if not args.no_readme and n == 1:
+        text = write_docs(combine(old, rows), args.methods, f'{wall / 60:.1f} minutes ({len(rows)} jobs on {args.jobs} '
+                                                            f'workers, {os.cpu_count()} CPU cores)')
+        print(text)
+        if figure(rows, images, args.figure):
+            print(f'figure: {args.figure}')
+
+
+if __name__ == '__main__':
+    main(get_args())

@@ -1,0 +1,93 @@
+"""results.py: a row per (dataset, method, seed), reproducible per seed, shardable and mergeable, with its
+tables read from the rows."""
+import csv
+import os
+
+import pytest
+
+TINY = ['--datasets', '8gaussians', '--samples', 400, '--strong-samples', 512, '--budget', 0.01, '--gmm-max-k', 3, '--no-readme']
+
+
+def main(*argv):
+    import results
+    results.main(results.get_args([str(a) for a in argv]))
+
+
+def rows(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def without_seconds(table):
+    return [{k: v for k, v in r.items() if k != 'seconds'} for r in table]
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """Every default method on one dataset with 2 seeds at a tiny budget, on 2 workers."""
+    out = tmp_path_factory.mktemp('tiny') / 'r.csv'
+    main(*TINY, '--seeds', 2, '--jobs', 2, '--out', out)
+    return out
+
+
+def test_a_tiny_run_writes_a_row_per_dataset_method_and_seed(tiny):
+    import results
+    table = rows(tiny)
+    assert list(table[0]) == list(results.COLUMNS)
+    assert [(r['method'], r['seed']) for r in table] == [(m, s) for m in results.DEFAULT_METHODS for s in ('0', '1')]
+    for r in table:
+        assert float(r['kl']) == pytest.approx(float(r['nll']) - float(r['H']), abs=1e-9)
+        assert float(r['seconds']) > 0 and r['samples'] == ('512' if r['method'] == 'strong' else '400')
+        # |c - log Z| only where the method learns a c; k and the bandwidth only for their methods
+        assert (r['gap'] != '') == (r['method'] in ('nce', 'strong', 'strong-10k'))
+        assert (r['k'] != '') == (r['method'] == 'gmm') and (r['bandwidth'] != '') == (r['method'] == 'kde')
+    # the seeds are different runs: other data, another test set
+    assert table[0]['nll'] != table[1]['nll'] and table[0]['H'] != table[1]['H']
+    # the README's table is read from the rows: mean ± sd over the two seeds of each method
+    kl = [float(r['kl']) for r in table if r['method'] == 'kde']
+    line = next(line for line in results.results_table(results.read_csv(tiny), '0 to 1').splitlines() if line.startswith('| 8gaussians'))
+    assert line.count('±') == 8 and line.rstrip(' |').endswith(f'{sum(kl) / 2:.3f} ± {abs(kl[0] - kl[1]) / 2**0.5:.3f}')
+
+
+def test_the_same_seed_gives_the_same_row_in_this_process(tiny, tmp_path):
+    """Seed 1 again, on one job at a time in this process: every column but the seconds is the same."""
+    out = tmp_path / 'again.csv'
+    main(*TINY, '--seeds', 2, '--methods', 'nce', 'mle', 'gmm', 'kde', '--jobs', 1, '--out', out)
+    again = without_seconds(rows(out))
+    assert again == [r for r in without_seconds(rows(tiny)) if r['method'] in ('nce', 'mle', 'gmm', 'kde')]
+
+
+def test_two_shards_merged_are_the_unsharded_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quick = [*TINY, '--methods', 'nce', 'gmm', '--seeds', 3, '--jobs', 1]
+    main(*quick, '--out', 'whole.csv')
+    main(*quick, '--shard', '0/2')
+    main(*quick, '--shard', '1/2')
+    assert len(rows('results-0-of-2.csv')) == 3 and len(rows('results-1-of-2.csv')) == 3
+    main('--merge', 'results-1-of-2.csv', 'results-0-of-2.csv', '--out', 'merged.csv', '--no-readme')
+    assert without_seconds(rows('merged.csv')) == without_seconds(rows('whole.csv'))
+
+
+def test_the_tables_mark_only_differences_the_seeds_support():
+    import results
+    row = lambda m, s, kl: dict(dataset='rings', method=m, seed=s, kl=kl)
+    clear = [row('strong-10k', s, 0.01 + 0.001 * s) for s in range(5)] + [row('gmm', s, 0.30 + 0.002 * s) for s in range(5)]
+    noisy = [row('strong-10k', s, 0.1 + 0.05 * (-1) ** s) for s in range(5)] + [row('kde', s, 0.1) for s in range(5)]
+    assert results.paired(clear, 'rings', 'strong-10k', 'gmm')[2]
+    assert not results.paired(noisy, 'rings', 'strong-10k', 'kde')[2]
+    assert results.verdict(clear + noisy, 'strong-10k', 'gmm') == 'lower on rings'
+    assert results.verdict(clear + noisy, 'strong-10k', 'kde') == 'no difference shown on rings'
+
+
+@pytest.mark.parametrize('args', [('--shard', '2/2'), ('--shard', '1'), ('--shard', 'a/b'), ('--shard', '-1/2'),
+                                  ('--seeds', 0), ('--seeds', 'x'), ('--jobs', 0), ('--budget', 0), ('--merge', 'nothing.csv'),
+                                  ('--merge', 'bad.csv'), ('--out', '/dev/null')])
+def test_bad_arguments_are_one_line_errors(args, tmp_path, monkeypatch, capsys):
+    import results
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'bad.csv').write_text('a,b\n1,2\n')
+    with pytest.raises(SystemExit) as e:
+        results.get_args([str(a) for a in args])
+    assert e.value.code == 2
+    assert ': error: ' in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(os.listdir(tmp_path)) == ['bad.csv']
