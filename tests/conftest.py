@@ -44,3 +44,13 @@ def assert_one_line_error(proc):
     assert proc.returncode == 2, proc.stderr
     assert 'Traceback' not in proc.stderr, proc.stderr
     assert ': error: ' in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def refused(get_args, argv, capsys):
+    """Parse argv in-process: assert the parser exits 2 with an argparse 'error:' last line, and return that line."""
+    with pytest.raises(SystemExit) as e:
+        get_args([str(a) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert ': error: ' in err
+    return err
