@@ -395,6 +395,8 @@ def get_args(argv=None):
         if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
             p.error(f'cannot write {path}: {problem}')
     for path in args.merge or []:
+        if not os.path.isfile(path):        # a FIFO or /dev/stdin would block the read
+            p.error(f'argument --merge: {path} is not a regular file')
         try:
             read_csv(path)
         except (OSError, ValueError, KeyError) as e:

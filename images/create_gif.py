@@ -53,6 +53,8 @@ def main(argv=None):
     import numpy as np
     images = []
     for _, f in frames:
+        if not os.path.isfile(os.path.join(args.images, f)):    # a FIFO would block the read for ever
+            p.error(f'frame {os.path.join(args.images, f)} is not a regular file')
         try:
             images.append(iio.imread(os.path.join(args.images, f))[..., :3])   # RGB: GIF has no alpha
         except Exception as e:

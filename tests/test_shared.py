@@ -175,3 +175,19 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(run, tmp_path):
     assert open(tmp_path / 'ckpts/nce.pth.tar', 'rb').read() == before
     assert not [f for f in os.listdir(tmp_path / 'ckpts') if f.endswith('.tmp')]
     assert torch.load(tmp_path / 'ckpts/nce.pth.tar', weights_only=True)['epoch'] == 0
+
+
+def test_a_fifo_among_the_frames_or_the_csvs_to_merge_is_refused_not_read(tmp_path, monkeypatch, capsys):
+    """Reading a FIFO would block for ever: create_gif.py and results.py --merge refuse one before reading."""
+    sys.path.insert(0, os.path.join(ROOT, 'images'))
+    import create_gif
+
+    import results
+    from test_gif import frames
+    frames(tmp_path / 'run', [0, 1])
+    os.mkfifo(tmp_path / 'run/epoch_2.png')
+    os.mkfifo(tmp_path / 'in.csv')
+    monkeypatch.chdir(tmp_path)
+    assert 'epoch_2.png' in refused(create_gif.main, ['--images', 'run', '--out', 'x.gif'], capsys)
+    assert 'in.csv' in refused(results.get_args, ['--merge', 'in.csv', '--out', 'm.csv'], capsys)
+    assert not (tmp_path / 'x.gif').exists() and not (tmp_path / 'm.csv').exists()
