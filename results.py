@@ -38,7 +38,7 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'strong': dict(preset='strong', noise='gaussian'),     # on --strong-samples, the rest on --samples
     'strong-10k': dict(preset='strong', noise='gaussian', epoch=FAIR_EPOCHS),
     'mle': dict(steps=50 * 100),        # the original budget: 50 epochs of 100 steps
-    'gmm': dict(max_k=30),
+    'gmm': dict(),                      # k = 1..--gmm-max-k (30) by BIC
     'kde': dict(),
 }
 DEFAULT_METHODS = ('nce', 'strong', 'strong-10k', 'mle', 'gmm', 'kde')

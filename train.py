@@ -119,11 +119,11 @@ def check_paths(p, args):
         problem = files.unwritable(folder or '.')
         if problem:
             p.error(f'argument {flag}: cannot write to {folder or "."}: {problem}')
-    outputs = [args.ckpt, metrics_path(args)] + ([] if args.no_plot else files.matching(args.images, FRAMES))
-    for path in outputs:
-        problem = files.not_a_file(path)
-        if problem:
-            p.error(f'argument {"--images" if path not in outputs[:2] else "--ckpt"}: {problem}')
+    outputs = [('--ckpt', args.ckpt), ('--ckpt', metrics_path(args))]
+    outputs += [] if args.no_plot else [('--images', path) for path in files.matching(args.images, FRAMES)]
+    for flag, path in outputs:
+        if problem := files.not_a_file(path):
+            p.error(f'argument {flag}: {problem}')
     if os.path.abspath(args.ckpt) == os.path.abspath(args.images):
         p.error('argument --images: the same path as --ckpt')
 

@@ -66,18 +66,18 @@ def main(argv=None):
         atomic_write(out, lambda tmp: iio.imwrite(tmp, np.stack(images), extension='.gif',
                                                   duration=args.duration, loop=args.loop))
     else:
-        write_small(out, images, args)
+        ims = small_frames(images, args)
+        atomic_write(out, lambda tmp: ims[0].save(tmp, format='GIF', save_all=True, append_images=ims[1:],
+                                                  duration=args.duration, loop=args.loop, optimize=bool(args.colors)))
     print(f'{len(images)} frames, epochs {frames[0][0]}..{frames[-1][0]}, {args.duration:g} ms each')
     print(out)
 
 
-def write_small(out, images, args):
-    """The GIF resized by args.scale and, with args.colors, on one palette shared by every frame: taken from a
-    strip of up to 8 frames spread over the run, so the colours of early and late densities are both in it.
-    With one palette, pillow's optimize stores only the part of each frame that changed."""
+def small_frames(images, args):
+    """The frames as PIL images resized by args.scale and, with args.colors, on one palette shared by every frame:
+    taken from a strip of up to 8 frames spread over the run, so the colours of early and late densities are both
+    in it. With one palette, pillow's optimize stores only the part of each frame that changed."""
     from PIL import Image
-
-    from files import atomic_write
     ims = [Image.fromarray(a) for a in images]
     if args.scale != 1:
         size = (max(1, round(ims[0].width * args.scale)), max(1, round(ims[0].height * args.scale)))
@@ -89,8 +89,7 @@ def write_small(out, images, args):
             strip.paste(im, (0, i * im.height))
         palette = strip.quantize(args.colors, method=Image.Quantize.MEDIANCUT)
         ims = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in ims]
-    atomic_write(out, lambda tmp: ims[0].save(tmp, format='GIF', save_all=True, append_images=ims[1:],
-                                              duration=args.duration, loop=args.loop, optimize=bool(args.colors)))
+    return ims
 
 
 if __name__ == '__main__':
