@@ -32,6 +32,8 @@ from util import step_values
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'mps'], help='device to benchmark')
 p.add_argument('--steps', type=int, default=500, help='timed steps per configuration')
+p.add_argument('--zuko', action='store_true', help='only time the flow of --noise fce against zuko\'s MAF and NSF '
+               '(pip install zuko==1.6.0; docs/flow.md)')
 args = p.parse_args()
 device = torch.device(args.device)
 
@@ -58,6 +60,43 @@ def timed(fn, n, burn=20):
 x_train = sample_2d_data('8gaussians', 10000, torch.Generator().manual_seed(0)).to(device)
 print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}')
 
+
+def flow_against_zuko():
+    """What an fce step asks of its flow, for a batch of 100 data points and 100 draws (10 of them broad): the draws
+    and log q at all 200 rows, and, on the flow's turn, its gradient too; ours (flow.py) against zuko's flows."""
+    try:
+        import zuko
+    except ImportError:
+        p.error('--zuko: zuko is not installed; pip install zuko==1.6.0')
+    x = x_train[:100]
+    noise = make_noise('fce', x_train)
+    noise.flow.requires_grad_(False)
+    def ours(grad):
+        u, log_q, backward = noise.contrast_and_backward(x, 100)
+        if grad:
+            backward(torch.ones_like(u), torch.ones_like(log_q))
+    print(f'ours, {noise.flow.layers} affine couplings of {noise.flow.w2.shape[-1]} hidden: draws and log q '
+          f'{timed(lambda: ours(False), args.steps) * 1e3:.3f} ms, with the flow gradient {timed(lambda: ours(True), args.steps) * 1e3:.3f} ms')
+    g = 2 * torch.randn(10, 2, device=device)
+    for name, flow in (('MAF, 4 transforms of (64, 64)', zuko.flows.MAF(2, transforms=4, hidden_features=(64, 64))),
+                       ('MAF, 5 of (100, 100), as fce-2d', zuko.flows.MAF(2, transforms=5, hidden_features=(100, 100))),
+                       ('NSF, 4 transforms of (64, 64)', zuko.flows.NSF(2, transforms=4, hidden_features=(64, 64)))):
+        flow.to(device)
+        def theirs(grad, flow=flow):
+            with torch.set_grad_enabled(grad):
+                q = flow()
+                gen, log_q = q.rsample_and_log_prob((90,))
+                log_q_xg = q.log_prob(torch.cat([x, g]))
+                if grad:
+                    (gen.sum() + log_q.sum() + log_q_xg.sum()).backward()
+        print(f'zuko {zuko.__version__} {name}: draws and log q {timed(lambda: theirs(False), args.steps // 5) * 1e3:.3f} ms, '
+              f'with the flow gradient {timed(lambda: theirs(True), args.steps // 5) * 1e3:.3f} ms')
+
+
+if args.zuko:
+    flow_against_zuko()
+    sys.exit()
+
 # the floor: the three (batch·(1+ν)) x 128 x 128 matrix products of a step (forward, and two in backward)
 a, w = torch.randn(200, 128, device=device), torch.randn(128, 128, device=device)
 floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
@@ -83,6 +122,29 @@ def ours(preset):
             batch = next(epoch)
         logits.append(train.train_step(energy, params, adam, *batch, cfg['nu'], cfg['lr'], 0.9, 0.999))
     return timed(step, args.steps), energy
+
+# an fce step as train.py runs it (train.fce_step on the batches of train.data_batches) on the original network: fresh
+# draws from the flow, the EBM's step and, where the classifier wins, the flow's; timed with the flow never stepping
+# (threshold 1) and always stepping (threshold 0), the two costs a run's steps mix
+def fce(threshold):
+    cfg = train.PRESETS['original']
+    torch.manual_seed(0)
+    energy = EBM().to(device)
+    params = list(energy.parameters())
+    adam = optim.adam_init(params)
+    noise = make_noise('fce', x_train)
+    noise.flow.requires_grad_(False)
+    flow_params = list(noise.flow.parameters())
+    flow_adam = optim.adam_init(flow_params)
+    epoch = iter(())
+    def step():
+        nonlocal epoch
+        x = next(epoch, None)
+        if x is None:
+            epoch = train.data_batches(x_train, cfg['batch'])
+            x = next(epoch)
+        train.fce_step(energy, params, adam, flow_params, flow_adam, noise, x, 1, 1e-3, 1e-3, 0.9, 0.999, threshold)
+    return timed(step, args.steps)
 
 # the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch
 def original_loop():
@@ -142,7 +204,7 @@ def time_original():
         plot_s = timed(lambda: original_plot(orig_energy, orig_noise, os.path.join(tmp, 'o.png')), 1, burn=0)
         return step, plot_s, timed(whole_epoch, 2, burn=0)
 
-def time_train_epoch(short=5, long=25):
+def time_train_epoch(short=5, long=25, *flags):
     """Seconds per epoch of train.main with the default flags, as a user runs it: batches, steps, the steps'
     values, the evaluation, the frame, the checkpoint and metrics.csv. Two runs, of `short` and `long` epochs,
     so that the set-up of a run (data, noise, the frame's fixed panels, the test set) cancels out."""
@@ -150,7 +212,7 @@ def time_train_epoch(short=5, long=25):
     with tempfile.TemporaryDirectory() as tmp:
         for epochs in (short, long):
             run = os.path.join(tmp, str(epochs))
-            argv = ['--epoch', str(epochs), '--ckpt', os.path.join(run, 'nce.pth.tar'), '--images', run, '--device', args.device]
+            argv = ['--epoch', str(epochs), '--ckpt', os.path.join(run, 'nce.pth.tar'), '--images', run, '--device', args.device, *flags]
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 t = time.perf_counter()
                 train.main(train.get_args(argv))
@@ -164,6 +226,8 @@ orig_step_kept, t_orig_plot_kept, epoch_orig_kept = time_original()
 step_default, energy = ours('original')
 step_strong, _ = ours('strong')
 epoch_ours = time_train_epoch()
+fce_ebm, fce_both = fce(1.0), fce(0.0)
+epoch_fce = time_train_epoch(5, 25, '--noise', 'fce')
 x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manual_seed(1)).to(device)
 frame = plot.Frame(x_train, make_noise('gaussian', x_train))
 with tempfile.TemporaryDirectory() as tmp:
@@ -179,6 +243,9 @@ print(f'frame: {t_plot * 1e3:.1f} ms (original plot {t_orig_plot * 1e3:.0f} ms: 
 print(f'epoch as train.py runs it (100 steps, evaluation, frame, checkpoint, metrics): {epoch_ours * 1e3:.0f} ms, '
       f'of which steps + evaluation + frame {(100 * step_default + t_eval + t_plot) * 1e3:.0f} ms; '
       f'original epoch (100 steps, checkpoint, plot) {epoch_orig * 1e3:.0f} ms: {epoch_orig / epoch_ours:.1f}x faster')
+print(f'fce step (original network, batch 100): EBM step alone {fce_ebm * 1e3:.3f} ms ({fce_ebm / step_default:.1f}x the NCE step), '
+      f'with a flow step {fce_both * 1e3:.3f} ms ({fce_both / step_default:.1f}x); an fce epoch as train.py runs it '
+      f'{epoch_fce * 1e3:.0f} ms ({epoch_fce / epoch_ours:.1f}x the NCE epoch)')
 print(f'original with the same glibc setting (train.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
       f'({orig_step_kept / step_default:.1f}x ours), epoch {epoch_orig_kept * 1e3:.0f} ms ({epoch_orig_kept / epoch_ours:.1f}x ours)')
 

@@ -57,14 +57,21 @@ class EBM(nn.Module):
             h = layer(h)
 
         @torch.no_grad()
-        def backward(grad_log_p):
+        def backward(grad_log_p, input_grad=False):
+            """Returns dL/dx too if input_grad, else None (the input, the data or the noise, needs none)."""
             g = -grad_log_p.unsqueeze(1)                       # log p = -f - c: dL/df = -dL/d log p
             self.c.grad = -grad_log_p.sum(0, keepdim=True)
             for i in reversed(range(len(self.f))):
                 layer, h = self.f[i], inputs[i]
                 if isinstance(layer, nn.Linear):               # z = h Wᵀ + b
                     layer.weight.grad, layer.bias.grad = g.T @ h, g.sum(0)
-                    g = g @ layer.weight if i else None        # the input x needs no gradient
+                    g = g @ layer.weight if i or input_grad else None
                 else:                                          # h' = act(h)
                     g = self.act_backward(g, h)
+            if g is None or self.freq is None:
+                return g
+            # features [x, sin z, cos z] with z = 2π x B: dL/dx = g_x + (g_sin cos z - g_cos sin z)(2π B)ᵀ
+            m, h = self.freq.shape[1], inputs[0]
+            g_z = g[:, 2:2 + m] * h[:, 2 + m:] - g[:, 2 + m:] * h[:, 2:2 + m]
+            return g[:, :2] + (2 * math.pi) * (g_z @ self.freq.T)
         return -h.squeeze(1) - self.c, backward

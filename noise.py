@@ -1,18 +1,25 @@
 """The noise distributions q that NCE contrasts the data with."""
 import torch
 
-NOISES = ('gaussian', 'fit', 'gmm')
-# the fewest training points each noise can be fitted to: a full-rank 2D covariance needs 3, the mixture one per component
-MIN_SAMPLES = dict(gaussian=1, fit=3, gmm=16)
+NOISES = ('gaussian', 'fit', 'gmm', 'flow', 'fce')
+# the fewest training points each noise can be fitted to: a full-rank 2D covariance needs 3, the mixture one per
+# component, a flow 2 (it starts from the data's mean and std)
+MIN_SAMPLES = dict(gaussian=1, fit=3, gmm=16, flow=2, fce=2)
 
 
-def make_noise(kind, data):
+def make_noise(kind, data, flow_layers=None, flow_hidden=None, flow_broad=0.1):
     """The noise distribution q, on data's device. NCE needs q > 0 wherever the data has mass, its log
-    density in closed form, and cheap samples; every choice here is a torch.distributions object."""
+    density in closed form, and cheap samples. The fixed choices are torch.distributions objects; flow and fce
+    are a normalizing flow mixed with N(0, 4I) (flow.FlowNoise), returned as a fresh flow: train.py fits it."""
     import torch.distributions as D
     # validate_args=False: validation would check every log_prob's input with a host sync, once a step
     no_check = dict(validate_args=False)
     device = data.device
+    if kind in ('flow', 'fce'):
+        from flow import HIDDEN, LAYERS, Flow, FlowNoise
+        # a constant coordinate would have std 0; the flow then starts as a narrow Gaussian there
+        flow = Flow(data.mean(0), data.std(0).clamp_min(1e-3), flow_layers or LAYERS, flow_hidden or HIDDEN).to(device)
+        return FlowNoise(flow, flow_broad)
     if kind == 'gaussian':          # the original N(0, 4I), as a product of two N(0, 2²): closed form, no Cholesky
         return D.Independent(D.Normal(torch.zeros(2, device=device), torch.full((2,), 2.0, device=device), **no_check), 1, **no_check)
     mean, cov = data.mean(0), torch.cov(data.T)

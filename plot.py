@@ -29,20 +29,24 @@ class Frame:
         edges = np.linspace(-PLOT_LIM, PLOT_LIM, n + 1)
         x = data.cpu().numpy()
         hist = np.histogram2d(x[:, 1], x[:, 0], bins=(edges, edges))[0]    # rows are y
-        with torch.inference_mode():
-            q = noise.log_prob(grid(PLOT_LIM, n, noise.mean.device)).exp().view(n, n).cpu().numpy()
+        self.window = grid(PLOT_LIM, n, data.device)
         self.fig, axs = plt.subplots(1, 3, figsize=(12, 4.3))
         _panel(axs[0], hist, 'Data')
-        _panel(axs[1], q, 'Noise density')
+        self.noise_im = _panel(axs[1], self.density(noise), 'Noise density')
         self.im = _panel(axs[2], np.zeros((n, n)), 'Model density')
         self.fig.tight_layout()
         self.fig.canvas.draw()      # everything but the model's image is drawn once and kept
         self.background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
 
-    def save(self, log_p, path):
-        """Draw exp(log_p), an (n, n) tensor on the grid of grid(PLOT_LIM, n), and write it to path.
-        Only the model panel is redrawn (blitting), and the PNG is compressed lightly: 4x faster than
-        savefig, with the same pixels."""
+    def density(self, noise):
+        n = int(len(self.window) ** 0.5)
+        with torch.inference_mode():
+            return noise.log_prob(self.window).exp().view(n, n).cpu().numpy()
+
+    def save(self, log_p, path, noise=None):
+        """Draw exp(log_p), an (n, n) tensor on the grid of grid(PLOT_LIM, n), and write it to path; given a
+        noise that learns (fce), its current density too. Only those panels are redrawn (blitting), and the PNG
+        is compressed lightly: 4x faster than savefig, with the same pixels."""
         from PIL import Image
         p = log_p.exp().cpu().numpy()
         self.im.set_data(p)
@@ -50,6 +54,11 @@ class Frame:
         canvas = self.fig.canvas
         canvas.restore_region(self.background)
         self.im.axes.draw_artist(self.im)
+        if noise is not None:
+            q = self.density(noise)
+            self.noise_im.set_data(q)
+            self.noise_im.set_clim(0, max(float(q.max()), 1e-30))
+            self.noise_im.axes.draw_artist(self.noise_im)
         pixels = Image.fromarray(np.asarray(canvas.buffer_rgba()))
         atomic_write(path, lambda tmp: pixels.save(tmp, format='png', compress_level=1))
 
@@ -59,9 +68,10 @@ class Frame:
 
 def plot_curves(history, path):
     """The run over epochs: the objective and accuracy; c against the quadrature's log Z, with the gap between
-    them shaded and, on a log scale, |c - log Z|; and the exact KL on a log scale, where its tail shows."""
+    them shaded and, on a log scale, |c - log Z|; and the exact KL on a log scale, where its tail shows (a learned
+    noise's flow's too)."""
     ep = np.array([h['epoch'] for h in history])
-    col = lambda k: np.array([np.nan if h[k] is None else h[k] for h in history], dtype=float)
+    col = lambda k: np.array([np.nan if h.get(k) is None else h[k] for h in history], dtype=float)
     fig, axs = plt.subplots(1, 4, figsize=(16, 3.6))
     axs[0].plot(ep, col('value'), label='-V(θ), the loss (nats)')
     axs[0].plot(ep, col('acc'), label='accuracy (fraction)')
@@ -74,6 +84,8 @@ def plot_curves(history, path):
     axs[2].plot(ep, np.abs(c - log_z), color='C3')
     axs[2].set(title='|c - log Z|, log scale', ylabel='nats')
     axs[3].plot(ep, col('kl'), color='C2', label='KL(data || model)')
+    if not np.isnan(col('flow_kl')).all():      # a learned noise: the flow as a density model of its own
+        axs[3].plot(ep, col('flow_kl'), color='C1', label='KL(data || flow)')
     axs[3].set(title=f'KL, log scale (final test NLL {col("nll")[-1]:.4f})', ylabel='nats')
     for ax in axs[2:]:
         ax.set_yscale('log', nonpositive='mask')    # a KL estimate a hair below 0, on a finite test set, is left out

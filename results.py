@@ -4,6 +4,8 @@ mixture and a kernel density estimate, every number exact (quadrature, true dens
 
 $ python results.py                                   # every dataset, 5 seeds: results.csv, README.md, the figure
 $ python results.py --methods nce-fit nce-gmm         # the noise-family table (docs/strong-preset.md), same CSV
+$ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k strong-10k-flow strong-10k-fce
+                                                      # learned noise: the flow and FCE tables (docs/flow.md)
 $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
 $ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
 """
@@ -37,14 +39,20 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'nce-gmm': dict(preset='original', noise='gmm'),
     'strong': dict(preset='strong', noise='gaussian'),     # on --strong-samples, the rest on --samples
     'strong-10k': dict(preset='strong', noise='gaussian', epoch=FAIR_EPOCHS),
+    'nce-flow': dict(preset='original', noise='flow'),              # a flow fitted by MLE, fixed, mixed with N(0, 4I)
+    'nce-flow-narrow': dict(preset='original', noise='flow', flow_broad=0),     # the same flow alone
+    'fce': dict(preset='original', noise='fce'),                    # the flow trained against the EBM
+    'strong-10k-flow': dict(preset='strong', noise='flow', epoch=FAIR_EPOCHS),
+    'strong-10k-fce': dict(preset='strong', noise='fce', epoch=FAIR_EPOCHS),
     'mle': dict(steps=50 * 100),        # the original budget: 50 epochs of 100 steps
     'gmm': dict(),                      # k = 1..--gmm-max-k (30) by BIC
     'kde': dict(),
 }
 DEFAULT_METHODS = ('nce', 'strong', 'strong-10k', 'mle', 'gmm', 'kde')
-COST = {'strong': 37, 'mle': 27, 'strong-10k': 8, 'kde': 7, 'gmm': 4}     # seconds a job on one thread: the longest go first
+COST = {'strong': 37, 'mle': 27, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
+        'strong-10k': 8, 'kde': 7, 'gmm': 4}     # seconds a job on one thread: the longest go first
 COLUMNS = ('dataset', 'method', 'seed', 'nll', 'kl', 'c', 'log_z', 'gap', 'H', 'seconds',
-           'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth')
+           'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth', 'flow_kl', 'flow_steps', 'flow_mle_kl')
 N_IMG = 160     # the figure's grid
 
 
@@ -77,6 +85,10 @@ def run_job(dataset, method, seed, cfg):
         epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
         energy, m = nce(dataset, seed, spec, n, epochs)
         row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec['noise'])
+        if spec['noise'] == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
+            reference = time.perf_counter()
+            row['flow_mle_kl'] = flow_mle(x_train, x_test, H, seed, row['flow_steps'], preset['batch'])
+            t += time.perf_counter() - reference
     elif method == 'mle':
         steps = max(1, round(spec['steps'] * cfg['budget']))
         energy = mle(x_train, steps, seed)
@@ -109,13 +121,24 @@ def nce(dataset, seed, spec, n, epochs):
         ckpt = os.path.join(tmp, 'nce.pth.tar')
         argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--noise', spec['noise'],
                 '--samples', str(n), '--epoch', str(epochs), '--eval-every', str(epochs), '--no-plot', '--ckpt', ckpt]
+        argv += ['--flow-broad', str(spec['flow_broad'])] if 'flow_broad' in spec else []
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train.main(train.get_args(argv))
         ck = files.load_checkpoint(ckpt)
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
     last = ck['history'][-1]
-    return energy, dict(nll=last['nll'], c=last['c'], log_z=last['log_z'])
+    return energy, {k: last.get(k) for k in ('nll', 'c', 'log_z', 'flow_kl', 'flow_steps')}
+
+
+def flow_mle(x_train, x_test, H, seed, steps, batch):
+    """KL(p_data || q_φ) of train.py's flow, fitted by maximum likelihood for `steps` steps as --noise flow fits it."""
+    from flow import LR, fit
+    from noise import make_noise
+    torch.manual_seed(seed)
+    flow = fit(make_noise('flow', x_train).flow, x_train, steps, batch, LR)
+    with torch.no_grad():
+        return -flow.log_prob(x_test).mean().item() - H
 
 
 def mle(x_train, steps, seed, batch=100, lr=1e-3, n=48, lim=5.5):
@@ -182,7 +205,7 @@ def read_csv(path):
     def value(k, v):
         if v == '':
             return None
-        if k in ('seed', 'samples', 'epochs', 'steps', 'k'):
+        if k in ('seed', 'samples', 'epochs', 'steps', 'k', 'flow_steps'):
             return int(v)
         return v if k in ('dataset', 'method', 'preset', 'noise') else float(v)
     with open(path, newline='') as f:
@@ -257,10 +280,10 @@ def results_table(rows, seeds):
             line += [mean_sd(cells(rows, d, m, 'kl'))] + ([mean_sd(cells(rows, d, m, 'gap'))] if m in ('nce', 'strong') else [])
             line += [f'{np.mean(cells(rows, d, m, "seconds")):.0f} s'] if m == 'strong' else []
         table.append('| ' + ' | '.join(line) + ' |')
-    table += ['', f'KL = test NLL − H (nats) and gap = |c − log Z|, mean ± sd over seeds {seeds}, each seed as '
-              f'`python train.py --seed s`. strong draws {STRONG_SAMPLES} samples; every other method, strong 10k '
-              f'included ({FAIR_EPOCHS} epochs), the seed\'s {BASE_SAMPLES}. wall: one thread. Claims need a paired '
-              't-test across seeds (95%); see [docs/results.md](docs/results.md):', '']
+    table += ['', f'KL = test NLL − H and gap = |c − log Z| (nats), mean ± sd over seeds {seeds} (`train.py --seed s`). '
+              f'strong draws {STRONG_SAMPLES} samples; the rest, strong 10k ({FAIR_EPOCHS} epochs) too, the seed\'s '
+              f'{BASE_SAMPLES}. wall: one thread. Claims need a paired t-test across seeds (95%; '
+              '[docs/results.md](docs/results.md)):', '']
     for a, b, what in (('nce', 'mle', 'NCE against exact MLE, same network and steps'),
                        ('strong-10k', 'gmm', 'Strong 10k against the GMM'), ('strong-10k', 'kde', 'Strong 10k against the KDE'),
                        ('strong', 'strong-10k', 'Strong on 100000 samples against 10000')):
@@ -301,6 +324,68 @@ def noise_table(rows):
     return '\n'.join(table)
 
 
+def flow_tables(rows):
+    """The learned-noise tables (docs/flow.md): the EBM's KL and |c - log Z| with each noise, what FCE closes of NCE's
+    gap to exact MLE, the broad part's effect, the flows themselves and the wall time; at the original budget and
+    with the strong preset's network. Every claim from a paired t-test across seeds."""
+    has = lambda m: any(r['method'] == m for r in rows)
+    shown = [d for d in DATASETS if any(r['dataset'] == d and r['method'] == 'fce' for r in rows)]
+    cell = lambda d, m, col='kl': mean_sd(cells(rows, d, m, col))
+    star = lambda d, a, b: ' *' if (p := paired(rows, d, a, b)) and p[2] else ''
+    wall = lambda d, m: np.mean(cells(rows, d, m, 'seconds')) if cells(rows, d, m, 'seconds') else float('nan')
+    out = ['**The EBM** (original network and budget, 5000 EBM updates): KL (nats); * marks a KL that differs from NCE '
+           "with N(0, 4I) by a paired t-test. closed: the share of NCE's KL gap to exact MLE that FCE closes, "
+           '(NCE − FCE) / (NCE − MLE) on the means, where that gap is larger than the spread (a paired t-test).', '',
+           '| dataset | exact MLE | NCE, N(0, 4I) | NCE, flow | FCE | closed | gap NCE | gap flow | gap FCE |',
+           '|---|---|---|---|---|---|---|---|---|']
+    for d in shown:
+        p = paired(rows, d, 'nce', 'mle')
+        gap = p and p[2] and p[0] > 0
+        nce_kl, fce_kl, mle_kl = (np.mean(cells(rows, d, m, 'kl')) for m in ('nce', 'fce', 'mle'))
+        closed = f'{(nce_kl - fce_kl) / (nce_kl - mle_kl):.0%}' if gap else 'no gap shown'
+        out.append(f'| {d} | {cell(d, "mle")} | {cell(d, "nce")} | {cell(d, "nce-flow")}{star(d, "nce-flow", "nce")} | '
+                   f'{cell(d, "fce")}{star(d, "fce", "nce")} | {closed} | {cell(d, "nce", "gap")} | {cell(d, "nce-flow", "gap")} | '
+                   f'{cell(d, "fce", "gap")} |')
+    out += ['', 'gap: |c − log Z| (nats).', '']
+    for a, b, what in (('fce', 'nce', 'FCE against NCE with N(0, 4I)'), ('nce-flow', 'nce', 'NCE with the fixed flow against N(0, 4I)'),
+                       ('fce', 'nce-flow', 'FCE against NCE with the fixed flow'), ('fce', 'mle', 'FCE against exact MLE')):
+        if verdict(rows, a, b):
+            out.append(f'- {what}: KL {verdict(rows, a, b)}.')
+    if has('nce-flow-narrow'):
+        out += ['', "**The broad part**: NCE with the fixed flow mixed with 10% of N(0, 4I) (as shipped) and with the flow "
+                'alone (`--flow-broad 0`); KL and gap = |c − log Z| (nats).', '',
+                '| dataset | KL, mixed | KL, flow alone | gap, mixed | gap, flow alone |', '|---|---|---|---|---|']
+        for d in shown:
+            out.append(f'| {d} | {cell(d, "nce-flow")} | {cell(d, "nce-flow-narrow")} | {cell(d, "nce-flow", "gap")} | '
+                       f'{cell(d, "nce-flow-narrow", "gap")} |')
+        out += ['', f'- The mixture against the flow alone: KL {verdict(rows, "nce-flow", "nce-flow-narrow")}; gap '
+                f'{verdict(rows, "nce-flow", "nce-flow-narrow", "gap")}.']
+    out += ['', "**The flows and the time**: KL(p_data ‖ q_φ) of the flow alone (nats): fitted by MLE for `--flow-fit` 5000 "
+            "steps (NCE, flow), trained by FCE, and the same flow fitted by MLE for as many steps as FCE's flow took. wall: "
+            'seconds a run on one thread, FCE against NCE with N(0, 4I) of the same seeds.', '',
+            "| dataset | MLE flow | FCE flow | MLE flow, FCE's steps | FCE − that | FCE flow steps | wall NCE | wall flow | wall FCE | FCE / NCE |",
+            '|---|---|---|---|---|---|---|---|---|---|']
+    for d in shown:
+        fce_rows = [r for r in rows if r['dataset'] == d and r['method'] == 'fce']
+        diff = [r['flow_kl'] - r['flow_mle_kl'] for r in fce_rows]
+        out.append(f'| {d} | {cell(d, "nce-flow", "flow_kl")} | {cell(d, "fce", "flow_kl")} | {cell(d, "fce", "flow_mle_kl")} | '
+                   f'{mean_sd(diff)} | {mean_sd(cells(rows, d, "fce", "flow_steps"), 0)} | {wall(d, "nce"):.1f} s | '
+                   f'{wall(d, "nce-flow"):.1f} s | {wall(d, "fce"):.1f} s | {wall(d, "fce") / wall(d, "nce"):.1f}x |')
+    if has('strong-10k-fce'):
+        out += ['', "**The strong preset's network** on the seed's 10000 samples (1280 EBM updates, as the results table's "
+                'strong 10k): KL and gap (nats), wall (s).', '',
+                '| dataset | N(0, 4I) | flow | FCE | gap N(0, 4I) | gap FCE | FCE flow KL | wall N(0, 4I) | wall FCE |',
+                '|---|---|---|---|---|---|---|---|---|']
+        for d in shown:
+            out.append(f'| {d} | {cell(d, "strong-10k")} | {cell(d, "strong-10k-flow")}{star(d, "strong-10k-flow", "strong-10k")} | '
+                       f'{cell(d, "strong-10k-fce")}{star(d, "strong-10k-fce", "strong-10k")} | {cell(d, "strong-10k", "gap")} | '
+                       f'{cell(d, "strong-10k-fce", "gap")} | {cell(d, "strong-10k-fce", "flow_kl")} | {wall(d, "strong-10k"):.1f} s | '
+                       f'{wall(d, "strong-10k-fce"):.1f} s |')
+        out += ['', f'- FCE against N(0, 4I), strong network: KL {verdict(rows, "strong-10k-fce", "strong-10k")}.',
+                f'- The fixed flow against N(0, 4I), strong network: KL {verdict(rows, "strong-10k-flow", "strong-10k")}.']
+    return '\n'.join(out)
+
+
 def put(path, name, text):
     """Replace the text between <!-- name:start --> and <!-- name:end --> in path, if both are there."""
     doc = open(path).read()
@@ -327,6 +412,9 @@ def write_docs(rows, ran, wall=None):
     if set(ran) & {'nce-fit', 'nce-gmm'}:
         text += '\n\n' + noise_table(rows)
         put(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(rows))
+    if set(ran) & {'nce-flow', 'fce', 'strong-10k-fce'} and any(r['method'] == 'fce' for r in rows):
+        text += '\n\n' + flow_tables(rows)
+        put(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
     return text
 
 

@@ -15,12 +15,13 @@ import time
 import torch
 
 import files
+import flow
 import optim
 from data import DATASETS, log_density, sample_2d_data
-from evaluate import evaluate, window_log_p
+from evaluate import evaluate, evaluate_flow, window_log_p
 from model import ACTIVATIONS, EBM
 from noise import MIN_SAMPLES, NOISES, make_noise
-from util import nce_backward, step_values
+from util import fce_backward, nce_backward, step_values
 
 PRESETS = {
     # the original script
@@ -32,6 +33,7 @@ PRESETS = {
 }
 TEST_SAMPLES, TEST_SEED = 20000, 2**32      # the held-out set: its own seed, never the training data's
 RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset')  # what must match to --resume a checkpoint
+FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
 FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes into --images
 
 
@@ -51,7 +53,18 @@ def get_args(argv=None):
     p.add_argument('--fourier-std', type=float, help='std of their frequencies, in cycles per unit (preset)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
     p.add_argument('--noise', default='gaussian', choices=NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
-                   'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, widened')
+                   'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, '
+                   'widened; flow = a normalizing flow fitted to the data by maximum likelihood, then fixed; fce = a flow trained '
+                   'with the EBM to make its samples hard to tell from the data (Flow Contrastive Estimation)')
+    # the flow of --noise flow and fce
+    p.add_argument('--flow-layers', type=int, default=flow.LAYERS, help='affine coupling layers of the flow')
+    p.add_argument('--flow-hidden', type=int, default=flow.HIDDEN, help='width of each coupling\'s two-layer MLP')
+    p.add_argument('--flow-lr', type=float, default=flow.LR, help='Adam learning rate of the flow (its fit, and its steps in fce)')
+    p.add_argument('--flow-fit', type=int, default=5000, help='--noise flow: maximum-likelihood steps that fit the flow before training')
+    p.add_argument('--flow-broad', type=float, default=0.1,
+                   help='weight w of N(0, 4I) in the noise q = (1 - w) flow + w N(0, 4I), which keeps q broad where the flow has no mass; 0 for the flow alone')
+    p.add_argument('--fce-threshold', type=float, default=0.6,
+                   help='--noise fce: the flow takes a step on a batch where the classifier\'s accuracy is above this')
     # optimisation
     p.add_argument('--epoch', type=int, help='number of epochs to train (preset; original 50)')
     p.add_argument('--batch', type=int, help='data samples per step (preset; original 100)')
@@ -85,6 +98,15 @@ def get_args(argv=None):
     for k in ('b1', 'b2'):
         if not 0 <= getattr(args, k) < 1:
             p.error(f'argument --{k}: must be in [0, 1), got {getattr(args, k)}')
+    for k in ('flow_layers', 'flow_hidden', 'flow_fit'):
+        if getattr(args, k) < 1:
+            p.error(f'argument --{k.replace("_", "-")}: must be at least 1, got {getattr(args, k)}')
+    if not (math.isfinite(args.flow_lr) and args.flow_lr > 0):
+        p.error(f'argument --flow-lr: must be finite and positive, got {args.flow_lr}')
+    if not 0 <= args.flow_broad < 1:
+        p.error(f'argument --flow-broad: must be in [0, 1), got {args.flow_broad}')
+    if not 0 < args.fce_threshold < 1:
+        p.error(f'argument --fce-threshold: must be in (0, 1), got {args.fce_threshold}')
     if args.eval_every < 0:
         p.error(f'argument --eval-every: must be 0 or more, got {args.eval_every}')
     if args.device == 'auto':
@@ -101,8 +123,9 @@ def get_args(argv=None):
     need, available = memory_needed(args), memory_available(args.device)
     if available is not None and sum(need.values()) > available:
         part = max(need, key=need.get)
+        lower = '--flow-hidden or --flow-layers' if part == 'the flow' else '--samples, --nu, --batch, --hidden, --depth or --fourier'
         p.error(f'this run needs about {gb(sum(need.values()))} of memory ({part} {gb(need[part])}), more than the '
-                f'{gb(available)} available; lower --samples, --nu, --batch, --hidden, --depth or --fourier')
+                f'{gb(available)} available; lower {lower}')
     return args
 
 
@@ -146,6 +169,11 @@ def memory_needed(args):
             'network and Adam state': 16 * params,          # weights, gradients and two moments
             'a step': 8 * (1 + args.nu) * args.batch * activations,   # activations and their gradients
             'evaluation': 4 * 8192 * activations + 2**22 if args.eval_every else 0,   # a chunk of the grid
+            # a learned noise: the flow's weights, gradients and Adam state, and what its passes keep for the
+            # backward, 5 tensors of hidden floats a row and a layer, for a step's rows or a chunk of the grid
+            'the flow': 16 * args.flow_layers * (args.flow_hidden ** 2 + 5 * args.flow_hidden + 2)
+                        + 20 * args.flow_layers * args.flow_hidden * max((1 + args.nu) * args.batch, 8192)
+                        if args.noise in ('flow', 'fce') else 0,
             'the rest': 2**28}                               # torch, matplotlib and the frame
 
 
@@ -221,7 +249,16 @@ def check_resume(args, model_kwargs):
                  f'pass the same value or start a fresh run with another --ckpt')
     if ckpt['model_kwargs'] != model_kwargs:
         fail(f'{args.ckpt} holds another network, {ckpt["model_kwargs"]}, not {model_kwargs}')
+    for k in FLOW_KEYS if learned(args) else ():
+        if ckpt['args'].get(k) != getattr(args, k):
+            fail(f'{args.ckpt} holds a flow trained with --{k.replace("_", "-")} {ckpt["args"].get(k)}, not {getattr(args, k)}; '
+                 f'pass the same value or start a fresh run with another --ckpt')
     return ckpt
+
+
+def learned(args):
+    """Whether the noise is a flow, with weights of its own to fit, save and restore."""
+    return args.noise in ('flow', 'fce')
 
 
 def batches(x_train, log_q_train, noise, nu, batch):
@@ -243,12 +280,29 @@ def batches(x_train, log_q_train, noise, nu, batch):
         yield u[rows], s[rows], log_q[rows]
 
 
+def data_batches(x_train, batch):
+    """One epoch's data in a fresh random order, a batch at a time (fce draws its noise step by step)."""
+    perm = torch.randperm(len(x_train), device=x_train.device)
+    for i in range(0, len(x_train), batch):
+        yield x_train[perm[i:i + batch]]
+
+
 def train_step(energy, params, adam, u, s, log_q, nu, lr, b1, b2):
     """One NCE step: the gradient of -V(θ) on a batch of data and noise, then Adam. No host sync. Returns
     the batch's s·G(u), for step_values."""
     s_logit = nce_backward(energy, u, s, log_q, nu)
     optim.adam_step(params, adam, lr, b1, b2)
     return s_logit
+
+
+def fce_step(energy, params, adam, flow_params, flow_adam, noise, x, nu, lr, flow_lr, b1, b2, threshold):
+    """One step of Flow Contrastive Estimation: fce_backward's gradients, then Adam on the EBM and, on the flow's
+    turn, on the flow. Returns s·G(u), for step_values, and whether the flow stepped."""
+    s_logit, flow_turn = fce_backward(energy, noise, x, nu, threshold)
+    if flow_turn:
+        optim.adam_step(flow_params, flow_adam, flow_lr, b1, b2)
+    optim.adam_step(params, adam, lr, b1, b2)
+    return s_logit, flow_turn
 
 
 def network_kwargs(cfg):
@@ -269,6 +323,20 @@ def restore(ckpt, energy, device):
     return ckpt['epoch'] + 1, ckpt['history'], adam
 
 
+def restore_flow(args, ckpt, noise, x_train, device):
+    """The flow's weights and Adam state: from the checkpoint, or fresh; --noise flow fits a fresh flow to the data
+    by maximum likelihood and fixes it. Returns the Adam state of the flow's steps in fce."""
+    if ckpt:
+        noise.flow.load_state_dict(ckpt['flow'])
+        adam = {k: [t.to(device) for t in v] for k, v in ckpt['flow_optimizer'].items()}
+    else:
+        adam = optim.adam_init(list(noise.flow.parameters()))
+        if args.noise == 'flow':
+            flow.fit(noise.flow, x_train, args.flow_fit, args.batch, args.flow_lr)
+    noise.flow.requires_grad_(False)    # its gradients are written out (flow.py)
+    return adam
+
+
 def clear_paths(args):
     """A fresh run that plots owns --images: it removes an earlier run's frames, so a GIF never mixes two runs.
     A run killed while writing leaves a temporary file beside the one it wrote; this run's paths are ours."""
@@ -280,13 +348,20 @@ def clear_paths(args):
 
 
 def evaluator(args, device):
-    """The exact evaluation of a run, a function of the model that returns (metrics, log p_θ on the plot's grid),
-    or None if the run does not evaluate: the held-out set and the true density's entropy H on it, made once."""
+    """The exact evaluation of a run, a function of the model (and of a learned noise's flow, a density model too)
+    that returns (metrics, log p_θ on the plot's grid), or None if the run does not evaluate: the held-out set
+    and the true density's entropy H on it, made once."""
     if args.eval_every == 0:
         return None
     x_test = sample_2d_data(args.dataset, TEST_SAMPLES, torch.Generator().manual_seed(args.seed + TEST_SEED)).to(device)
     entropy = -log_density(args.dataset, x_test).double().mean().item()
-    return lambda energy: evaluate(energy, x_test, entropy)
+
+    def exact(energy, q_flow=None):
+        metrics, log_p = evaluate(energy, x_test, entropy)
+        if q_flow is not None:
+            metrics.update(evaluate_flow(q_flow, x_test, entropy))
+        return metrics, log_p
+    return exact
 
 
 def stop_interrupted(args, history, end):
@@ -304,6 +379,8 @@ def summary(args, history, start, end):
     if last['nll'] is not None:
         out += f', c {last["c"]:.3f}, log Z {last["log_z"]:.3f}, test NLL {last["nll"]:.4f}'
         out += f', KL {last["kl"]:.4f}' if last['kl'] is not None else ''
+        out += f', flow KL {last["flow_kl"]:.4f}' if last.get('flow_kl') is not None else ''
+        out += f', flow steps {last["flow_steps"]}' if last.get('flow_steps') is not None else ''
     return out + f'; checkpoint {args.ckpt}' + ('' if args.no_plot else f', frames in {args.images}/')
 
 
@@ -325,14 +402,16 @@ def run(args):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     x_train = sample_2d_data(args.dataset, args.samples, torch.Generator().manual_seed(args.seed)).to(device)
+    energy = EBM(**model_kwargs).to(device)          # first: the same initialisation whatever the noise
     try:
-        noise = make_noise(args.noise, x_train)
+        noise = make_noise(args.noise, x_train, args.flow_layers, args.flow_hidden, args.flow_broad)
     except (ValueError, RuntimeError) as e:          # e.g. a covariance that is not positive definite
         fail(f'cannot fit --noise {args.noise} to the training data: {str(e).splitlines()[0][:160]}')
-    log_q_train = noise.log_prob(x_train)                     # once: the training data never changes
-    energy = EBM(**model_kwargs).to(device)
     params = list(energy.parameters())
     start, history, adam = restore(ckpt, energy, device) if ckpt else (0, [], optim.adam_init(params))
+    flow_adam = restore_flow(args, ckpt, noise, x_train, device) if learned(args) else None
+    with torch.no_grad():
+        log_q_train = noise.log_prob(x_train) if args.noise != 'fce' else None   # once: neither the data nor q changes
     clear_paths(args)
     steps, end = math.ceil(args.samples / args.batch), start + args.epoch   # steps per epoch; the last batch may be smaller
     lr_at = optim.lr_schedule(args.schedule, args.lr, total=end * steps)
@@ -340,6 +419,9 @@ def run(args):
     if not args.no_plot:
         import plot
         frame = plot.Frame(x_train, noise)
+    q_flow = noise.flow if learned(args) else None
+    flow_params = list(q_flow.parameters()) if q_flow else None
+    flow_steps = history[-1].get('flow_steps') if history else 0
     print(f'NCE on {args.dataset}: {args.samples} samples, {sum(p.numel() for p in params)} parameters, '
           f'nu={args.nu}, noise={args.noise}, device={device}, epochs {start}..{end - 1}')
 
@@ -348,26 +430,38 @@ def run(args):
         for epoch in pbar:
             t0 = time.time()
             logits = []
-            for i, batch in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
-                logits.append(train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2))
+            if args.noise == 'fce':
+                for i, x in enumerate(data_batches(x_train, args.batch)):
+                    s_logit, flow_turn = fce_step(energy, params, adam, flow_params, flow_adam, noise, x, args.nu,
+                                                  lr_at(epoch * steps + i), args.flow_lr, args.b1, args.b2, args.fce_threshold)
+                    logits.append(s_logit)
+                    flow_steps += flow_turn
+            else:
+                for i, batch in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
+                    logits.append(train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2))
             losses, accs = step_values(logits, args.nu)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):
                 kept = f'{args.ckpt} still holds epoch {history[-1]["epoch"]}' if history else 'this run wrote no checkpoint'
                 fail(f'non-finite loss at epoch {epoch}, step {bad[0].item()}; stopped ({kept})')
-            row = dict(epoch=epoch, value=losses.mean().item(), acc=accs.mean().item(), c=None, log_z=None, nll=None, kl=None)
+            row = dict(epoch=epoch, value=losses.mean().item(), acc=accs.mean().item(), c=None, log_z=None, nll=None, kl=None,
+                       flow_nll=None, flow_kl=None, flow_steps=flow_steps if args.noise == 'fce' else None)
             log_p = None
             if exact and (epoch - start + 1) % args.eval_every == 0:
-                metrics, log_p = exact(energy)
+                metrics, log_p = exact(energy, q_flow)
                 row.update(metrics)
             if not args.no_plot:
-                frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch))
+                frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch),
+                           noise if args.noise == 'fce' else None)
             row['seconds'] = time.time() - t0
             with files.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
                 history.append(row)
-                files.save_checkpoint(dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
-                                           epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history), args.ckpt)
+                state = dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
+                             epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history)
+                if q_flow is not None:
+                    state.update(flow=q_flow.state_dict(), flow_optimizer=flow_adam)
+                files.save_checkpoint(state, args.ckpt)
                 files.write_metrics(history, metrics_path(args))
             pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds') and v is not None})
     except KeyboardInterrupt:

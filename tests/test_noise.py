@@ -29,7 +29,7 @@ def test_fit_noise_covers_every_training_point(dataset):
     assert torch.allclose(noise.mean, x.mean(0))
 
 
-@pytest.mark.parametrize('kind', ['gaussian', 'fit', 'gmm'])
+@pytest.mark.parametrize('kind', ['gaussian', 'fit', 'gmm', 'flow', 'fce'])
 def test_every_noise_gives_a_finite_objective_and_gradient(kind):
     x = sample_2d_data('moons', 1000, torch.Generator().manual_seed(0))
     noise, energy = make_noise(kind, x), EBM()

@@ -38,7 +38,7 @@ def test_two_epochs_write_frames_checkpoint_metrics_and_resume_continues(run, tm
     energy.load_state_dict(ck['energy'])
     assert [type(m).__name__ for m in energy.f] == ['Linear', 'LeakyReLU', 'Linear', 'LeakyReLU', 'Linear']
     with open(tmp_path / 'ckpts/metrics.csv') as f:
-        assert f.readline().strip() == 'epoch,value,acc,c,log_z,nll,kl,seconds'
+        assert f.readline().strip() == 'epoch,value,acc,c,log_z,nll,kl,flow_nll,flow_kl,flow_steps,seconds'
     rows = metrics(tmp_path / 'ckpts/metrics.csv')
     assert [r['epoch'] for r in rows] == ['0', '1'] and all(r['kl'] and r['nll'] for r in rows)
     assert float(rows[-1]['c']) == pytest.approx(energy.c.item())
