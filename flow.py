@@ -119,10 +119,6 @@ class Flow(nn.Module):
         """n samples x = T(z), z ~ N(0, I), and log q_φ(x), differentiable in φ (with autograd on)."""
         return self.rsample_and_backward(torch.randn(n, 2, device=self.loc.device, dtype=self.loc.dtype))[:2]
 
-    @torch.no_grad()
-    def sample(self, shape):
-        return self.rsample_and_log_prob(shape[0])[0]
-
 
 def log_broad(x):
     """log N(x; 0, 4I), the original noise, in closed form: -|x|²/8 - log 8π."""

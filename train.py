@@ -57,14 +57,14 @@ def get_args(argv=None):
                    'widened; flow = a normalizing flow fitted to the data by maximum likelihood, then fixed; fce = a flow trained '
                    'with the EBM to make its samples hard to tell from the data (Flow Contrastive Estimation)')
     # the flow of --noise flow and fce
-    p.add_argument('--flow-layers', type=int, default=flow.LAYERS, help='affine coupling layers of the flow')
-    p.add_argument('--flow-hidden', type=int, default=flow.HIDDEN, help='width of each coupling\'s two-layer MLP')
-    p.add_argument('--flow-lr', type=float, default=flow.LR, help='Adam learning rate of the flow (its fit, and its steps in fce)')
-    p.add_argument('--flow-fit', type=int, default=5000, help='--noise flow: maximum-likelihood steps that fit the flow before training')
+    p.add_argument('--flow-layers', type=int, default=flow.LAYERS, help='affine coupling layers of the flow (default %(default)s)')
+    p.add_argument('--flow-hidden', type=int, default=flow.HIDDEN, help='width of each coupling\'s two-layer MLP (default %(default)s)')
+    p.add_argument('--flow-lr', type=float, default=flow.LR, help='Adam learning rate of the flow, for its fit and its steps in fce (default %(default)s)')
+    p.add_argument('--flow-fit', type=int, default=5000, help='--noise flow: maximum-likelihood steps that fit the flow before training (default %(default)s)')
     p.add_argument('--flow-broad', type=float, default=0.1,
-                   help='weight w of N(0, 4I) in the noise q = (1 - w) flow + w N(0, 4I), which keeps q broad where the flow has no mass; 0 for the flow alone')
+                   help='weight w of N(0, 4I) in the noise q = (1 - w) flow + w N(0, 4I), which keeps q broad where the flow has no mass; 0 for the flow alone (default %(default)s)')
     p.add_argument('--fce-threshold', type=float, default=0.6,
-                   help='--noise fce: the flow takes a step on a batch where the classifier\'s accuracy is above this')
+                   help='--noise fce: the flow takes a step on a batch where the classifier\'s accuracy, balanced between data and noise, is above this (default %(default)s)')
     # optimisation
     p.add_argument('--epoch', type=int, help='number of epochs to train (preset; original 50)')
     p.add_argument('--batch', type=int, help='data samples per step (preset; original 100)')
