@@ -93,7 +93,8 @@ class Flow(nn.Module):
         return log_q, backward
 
     def log_prob(self, x):
-        return self.log_prob_and_backward(x)[0]
+        """log q_φ(x), in chunks of rows: a pass keeps a few hidden-wide tensors a layer for its backward."""
+        return torch.cat([self.log_prob_and_backward(c)[0] for c in x.split(CHUNK)])
 
     def rsample_and_backward(self, z):
         """x = T(z), shape (N, 2), and log q_φ(x), differentiable in φ through x too (reparameterised). And a
@@ -142,8 +143,7 @@ class FlowNoise:
         return log_q, torch.exp(a - log_q)
 
     def log_prob(self, x):
-        """log q(x), in chunks of rows: a pass keeps a few hidden-wide tensors a layer for its backward."""
-        return torch.cat([self.mix(c, self.flow.log_prob(c))[0] for c in x.split(CHUNK)])
+        return self.mix(x, self.flow.log_prob(x))[0]
 
     @torch.no_grad()
     def sample(self, shape):

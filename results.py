@@ -25,7 +25,7 @@ import files
 import optim
 import train
 from data import DATASETS, log_density, sample_2d_data
-from evaluate import PLOT_LIM, evaluate, grid, log_p_on
+from evaluate import PLOT_LIM, evaluate, evaluate_flow, grid, log_p_on
 from model import EBM
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -137,8 +137,7 @@ def flow_mle(x_train, x_test, H, seed, steps, batch):
     from noise import make_noise
     torch.manual_seed(seed)
     flow = fit(make_noise('flow', x_train).flow, x_train, steps, batch, LR)
-    with torch.no_grad():
-        return -flow.log_prob(x_test).mean().item() - H
+    return evaluate_flow(flow, x_test, H)['flow_kl']
 
 
 def mle(x_train, steps, seed, batch=100, lr=1e-3, n=48, lim=5.5):

@@ -173,7 +173,7 @@ def memory_needed(args):
             # backward, 5 tensors of hidden floats a row and a layer, for a step's rows or a chunk of the grid
             'the flow': 16 * args.flow_layers * (args.flow_hidden ** 2 + 5 * args.flow_hidden + 2)
                         + 20 * args.flow_layers * args.flow_hidden * max((1 + args.nu) * args.batch, 8192)
-                        if args.noise in ('flow', 'fce') else 0,
+                        if learned(args) else 0,
             'the rest': 2**28}                               # torch, matplotlib and the frame
 
 
