@@ -21,7 +21,9 @@ import time
 import torch
 import torch.distributions as D
 
+import memory
 import optim
+import seeds
 import train
 from data import sample_2d_data
 from evaluate import evaluate, window_log_p
@@ -57,7 +59,8 @@ def timed(fn, n, burn=20):
     return (time.perf_counter() - t) / n
 
 
-x_train = sample_2d_data('8gaussians', 10000, torch.Generator().manual_seed(0)).to(device)
+STREAMS = seeds.streams(0)      # train.py --seed 0's streams: its data, initialisation, draws and held-out set
+x_train = sample_2d_data('8gaussians', 10000, seeds.generator(STREAMS['data'])).to(device)
 print(f'device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}')
 
 
@@ -105,12 +108,13 @@ floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 # and the steps' values and accuracies from step_values when the epoch ends
 def ours(preset):
     cfg = train.PRESETS[preset]
-    torch.manual_seed(0)
+    seeds.seed_global(STREAMS['init'])
     energy = EBM(**train.network_kwargs(cfg)).to(device)
     params = list(energy.parameters())
     adam = optim.adam_init(params)
     noise = make_noise('gaussian', x_train)
     log_q_train = noise.log_prob(x_train)
+    seeds.seed_global(STREAMS['train'])
     epoch, logits = iter(()), []
     def step():
         nonlocal epoch, logits
@@ -128,7 +132,7 @@ def ours(preset):
 # (threshold 1) and always stepping (threshold 0), the two costs a run's steps mix
 def fce(threshold):
     cfg = train.PRESETS['original']
-    torch.manual_seed(0)
+    seeds.seed_global(STREAMS['init'])
     energy = EBM().to(device)
     params = list(energy.parameters())
     adam = optim.adam_init(params)
@@ -136,6 +140,7 @@ def fce(threshold):
     noise.flow.requires_grad_(False)
     flow_params = list(noise.flow.parameters())
     flow_adam = optim.adam_init(flow_params)
+    seeds.seed_global(STREAMS['train'])
     epoch = iter(())
     def step():
         nonlocal epoch
@@ -148,9 +153,10 @@ def fce(threshold):
 
 # the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch
 def original_loop():
-    torch.manual_seed(0)
+    seeds.seed_global(STREAMS['init'])
     energy = EBM().to(device)
     opt = torch.optim.Adam(energy.parameters(), lr=1e-3, betas=(0.9, 0.999))
+    seeds.seed_global(STREAMS['train'])
     noise = D.MultivariateNormal(torch.zeros(2, device=device), 4 * torch.eye(2, device=device))
     loader = torch.utils.data.DataLoader(x_train.cpu(), batch_size=100, shuffle=True)
     out = io.StringIO()
@@ -220,7 +226,7 @@ def time_train_epoch(short=5, long=25, *flags):
     return (seconds[long] - seconds[short]) / (long - short)
 
 orig_step, t_orig_plot, epoch_orig = time_original()
-train.keep_freed_memory()
+memory.keep_freed_memory()
 # the same setting helps the original too: measured again, so the ratios can be read with and without it
 orig_step_kept, t_orig_plot_kept, epoch_orig_kept = time_original()
 step_default, energy = ours('original')
@@ -228,7 +234,7 @@ step_strong, _ = ours('strong')
 epoch_ours = time_train_epoch()
 fce_ebm, fce_both = fce(1.0), fce(0.0)
 epoch_fce = time_train_epoch(5, 25, '--noise', 'fce')
-x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, torch.Generator().manual_seed(1)).to(device)
+x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, seeds.generator(STREAMS['test'])).to(device)
 frame = plot.Frame(x_train, make_noise('gaussian', x_train))
 with tempfile.TemporaryDirectory() as tmp:
     log_p = window_log_p(energy)
@@ -246,7 +252,7 @@ print(f'epoch as train.py runs it (100 steps, evaluation, frame, checkpoint, met
 print(f'fce step (original network, batch 100): EBM step alone {fce_ebm * 1e3:.3f} ms ({fce_ebm / step_default:.1f}x the NCE step), '
       f'with a flow step {fce_both * 1e3:.3f} ms ({fce_both / step_default:.1f}x); an fce epoch as train.py runs it '
       f'{epoch_fce * 1e3:.0f} ms ({epoch_fce / epoch_ours:.1f}x the NCE epoch)')
-print(f'original with the same glibc setting (train.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
+print(f'original with the same glibc setting (memory.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
       f'({orig_step_kept / step_default:.1f}x ours), epoch {epoch_orig_kept * 1e3:.0f} ms ({epoch_orig_kept / epoch_ours:.1f}x ours)')
 
 # start-up and memory of the real script, in a fresh process each; the child reports its own peak (VmHWM),

@@ -175,8 +175,9 @@ def get_rng_state():
 
 def set_rng_state(state):
     torch.set_rng_state(state['cpu'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and torch.cuda.is_available():     # as many GPUs as both machines have
+        for i, s in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
     if 'mps' in state and torch.backends.mps.is_available():
         torch.mps.set_rng_state(state['mps'])
 

@@ -2,15 +2,18 @@
 import torch
 
 NOISES = ('gaussian', 'fit', 'gmm', 'flow', 'fce')
+LEARNED = ('flow', 'fce')      # a normalizing flow, with weights of its own to fit, save and restore
 # the fewest training points each noise can be fitted to: a full-rank 2D covariance needs 3, the mixture one per
 # component, a flow 2 (it starts from the data's mean and std)
 MIN_SAMPLES = dict(gaussian=1, fit=3, gmm=16, flow=2, fce=2)
 
 
-def make_noise(kind, data, flow_layers=None, flow_hidden=None, flow_broad=0.1):
+def make_noise(kind, data, flow_layers=None, flow_hidden=None, flow_broad=0.1, mixture_seed=0):
     """The noise distribution q, on data's device. NCE needs q > 0 wherever the data has mass, its log
     density in closed form, and cheap samples. The fixed choices are torch.distributions objects; flow and fce
-    are a normalizing flow mixed with N(0, 4I) (flow.FlowNoise), returned as a fresh flow: train.py fits it."""
+    are a normalizing flow mixed with N(0, 4I) (flow.FlowNoise), returned as a fresh flow: train.py fits it.
+    gmm's k-means start draws from numpy with mixture_seed (train.py passes its seed's 'mixture' stream); a flow's
+    weights come from torch's global RNG (train.py's 'init' stream)."""
     import torch.distributions as D
     # validate_args=False: validation would check every log_prob's input with a host sync, once a step
     no_check = dict(validate_args=False)
@@ -27,7 +30,7 @@ def make_noise(kind, data, flow_layers=None, flow_hidden=None, flow_broad=0.1):
         return D.MultivariateNormal(mean, 4 * cov, **no_check)
     if kind == 'gmm':
         from sklearn.mixture import GaussianMixture
-        gm = GaussianMixture(16, covariance_type='full', random_state=0).fit(data.cpu().double().numpy())
+        gm = GaussianMixture(16, covariance_type='full', random_state=mixture_seed).fit(data.cpu().double().numpy())
         w = torch.as_tensor(gm.weights_, dtype=torch.float32)
         mu = torch.as_tensor(gm.means_, dtype=torch.float32)
         # widen each component (covariance x 2, plus 0.05² I) and mix in 10% of a broad Gaussian over the whole

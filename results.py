@@ -23,6 +23,8 @@ import torch
 
 import files
 import optim
+import resume
+import seeds
 import train
 from data import DATASETS, log_density, sample_2d_data
 from evaluate import PLOT_LIM, evaluate, evaluate_flow, grid, log_p_on
@@ -61,8 +63,8 @@ N_IMG = 160     # the figure's grid
 
 def job(dataset, method, seed, cfg):
     """Train and score one (dataset, method, seed) on one thread. Seed s draws the training data, the initialisation,
-    the data order and the noise as `python train.py --seed s` does; every method of a seed sees the same training
-    data and is scored on the same held-out set. Returns the row and, for seed 0, the density on the figure's grid."""
+    the data order and the noise from its own streams (seeds.py) as `python train.py --seed s` does; every method of a
+    seed sees the same training data and is scored on the same held-out set. Returns the row and, for seed 0, the density on the figure's grid."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -75,8 +77,9 @@ def run_job(dataset, method, seed, cfg):
     t = time.perf_counter()
     spec = METHODS[method]
     n = cfg['strong_samples'] if method == 'strong' else cfg['samples']
-    x_train = sample_2d_data(dataset, n, torch.Generator().manual_seed(seed))
-    x_test = sample_2d_data(dataset, train.TEST_SAMPLES, torch.Generator().manual_seed(seed + train.TEST_SEED))
+    streams = seeds.streams(seed)
+    x_train = sample_2d_data(dataset, n, seeds.generator(streams['data']))
+    x_test = sample_2d_data(dataset, train.TEST_SAMPLES, seeds.generator(streams['test']))
     H = -log_density(dataset, x_test).double().mean().item()
     row = dict(dataset=dataset, method=method, seed=seed, H=H, samples=n)
     energy = None
@@ -87,15 +90,15 @@ def run_job(dataset, method, seed, cfg):
         row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec['noise'])
         if spec['noise'] == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
             reference = time.perf_counter()
-            row['flow_mle_kl'] = flow_mle(x_train, x_test, H, seed, row['flow_steps'], preset['batch'])
+            row['flow_mle_kl'] = flow_mle(x_train, x_test, H, streams, row['flow_steps'], preset['batch'])
             t += time.perf_counter() - reference
     elif method == 'mle':
         steps = max(1, round(spec['steps'] * cfg['budget']))
-        energy = mle(x_train, steps, seed)
+        energy = mle(x_train, steps, streams)
         m = evaluate(energy, x_test, H)[0]
         row.update(nll=m['nll'], log_z=m['log_z'], steps=steps)     # c plays no part in MLE
     elif method == 'gmm':
-        row['nll'], row['k'] = gmm(x_train.numpy(), x_test.numpy(), cfg['gmm_max_k'])
+        row['nll'], row['k'] = gmm(x_train.numpy(), x_test.numpy(), cfg['gmm_max_k'], streams['mixture'])
     else:
         row['nll'], kd = kde(x_train.numpy(), x_test.numpy())
         row['bandwidth'] = float(kd.bandwidth)
@@ -124,28 +127,33 @@ def nce(dataset, seed, spec, n, epochs):
         argv += ['--flow-broad', str(spec['flow_broad'])] if 'flow_broad' in spec else []
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train.main(train.get_args(argv))
-        ck = files.load_checkpoint(ckpt)
+        ck = resume.load(ckpt)
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
     last = ck['history'][-1]
     return energy, {k: last.get(k) for k in ('nll', 'c', 'log_z', 'flow_kl', 'flow_steps')}
 
 
-def flow_mle(x_train, x_test, H, seed, steps, batch):
-    """KL(p_data || q_φ) of train.py's flow, fitted by maximum likelihood for `steps` steps as --noise flow fits it."""
+def flow_mle(x_train, x_test, H, streams, steps, batch):
+    """KL(p_data || q_φ) of train.py's flow, fitted by maximum likelihood for `steps` steps as --noise flow fits it:
+    its weights from the seed's 'init' stream, its batches from the 'train' stream."""
     from flow import LR, fit
     from noise import make_noise
-    torch.manual_seed(seed)
-    flow = fit(make_noise('flow', x_train).flow, x_train, steps, batch, LR)
+    seeds.seed_global(streams['init'])
+    start = make_noise('flow', x_train).flow
+    seeds.seed_global(streams['train'])
+    flow = fit(start, x_train, steps, batch, LR)
     return evaluate_flow(flow, x_test, H)['flow_kl']
 
 
-def mle(x_train, steps, seed, batch=100, lr=1e-3, n=48, lim=5.5):
-    """Exact maximum likelihood with the original network, its initialisation under `seed`, the same data and Adam:
+def mle(x_train, steps, streams, batch=100, lr=1e-3, n=48, lim=5.5):
+    """Exact maximum likelihood with the original network, initialised from the seed's 'init' stream as train.py's
+    (the same initial weights as NCE's), its data order and grid shifts from the 'train' stream, the same data and Adam:
     -mean log p_θ(x), with log Z(θ) by the midpoint rule on an n×n grid over [-lim, lim]², shifted at random each
     step so that the estimate of Z is unbiased and the model cannot hide mass between fixed nodes."""
-    torch.manual_seed(seed)
+    seeds.seed_global(streams['init'])
     energy = EBM()
+    seeds.seed_global(streams['train'])
     params = list(energy.parameters())
     adam = optim.adam_init(params)
     h = 2 * lim / n
@@ -165,10 +173,11 @@ def mle(x_train, steps, seed, batch=100, lr=1e-3, n=48, lim=5.5):
     return energy
 
 
-def gmm(x_train, x_test, max_k):
-    """A Gaussian mixture with full covariances, its number of components k = 1..max_k chosen by BIC."""
+def gmm(x_train, x_test, max_k, mixture_seed):
+    """A Gaussian mixture with full covariances, its number of components k = 1..max_k chosen by BIC; k-means starts
+    it from the seed's 'mixture' stream."""
     from sklearn.mixture import GaussianMixture
-    fits = [GaussianMixture(k, covariance_type='full', random_state=0).fit(x_train) for k in range(1, max_k + 1)]
+    fits = [GaussianMixture(k, covariance_type='full', random_state=mixture_seed).fit(x_train) for k in range(1, max_k + 1)]
     best = min(fits, key=lambda g: g.bic(x_train))
     return -best.score(x_test), best.n_components
 

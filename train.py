@@ -16,11 +16,14 @@ import torch
 
 import files
 import flow
+import memory
 import optim
+import resume
+import seeds
 from data import DATASETS, log_density, sample_2d_data
 from evaluate import evaluate, evaluate_flow, window_log_p
 from model import ACTIVATIONS, EBM
-from noise import MIN_SAMPLES, NOISES, make_noise
+from noise import LEARNED, MIN_SAMPLES, NOISES, make_noise
 from util import fce_backward, nce_backward, step_values
 
 PRESETS = {
@@ -31,9 +34,7 @@ PRESETS = {
     'strong': dict(samples=100000, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25, nu=4,
                    batch=256, epoch=16, lr=2e-3, schedule='cosine'),
 }
-TEST_SAMPLES, TEST_SEED = 20000, 2**32      # the held-out set: its own seed, never the training data's
-RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset')  # what must match to --resume a checkpoint
-FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
+TEST_SAMPLES, TEST_SEED = 20000, 2**32      # the held-out set's size; TEST_SEED only bounds --seed, as it always has
 FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes into --images
 
 
@@ -42,7 +43,7 @@ def get_args(argv=None):
     # data
     p.add_argument('--dataset', default='8gaussians', choices=DATASETS, help='2D toy dataset')
     p.add_argument('--samples', type=int, help='number of training samples (preset; original 10000)')
-    p.add_argument('--seed', type=int, default=0, help='seed for the data, the initialisation and the noise draws')
+    p.add_argument('--seed', type=int, default=0, help='one seed, hashed into independent streams for the data, the initialisation, the training\'s draws and the held-out set')
     # model and objective (defaults come from --preset)
     p.add_argument('--preset', default='original', choices=PRESETS,
                    help='original: the original script; strong: ' + ', '.join(f'{k}={v}' for k, v in PRESETS['strong'].items()))
@@ -120,12 +121,12 @@ def get_args(argv=None):
     if not -2**63 <= args.seed <= 2**64 - 1 - TEST_SEED:
         p.error(f'argument --seed: must be in [-2^63, 2^64 - 2^32 - 1], got {args.seed}')
     check_paths(p, args)
-    need, available = memory_needed(args), memory_available(args.device)
+    need, available = memory.needed(args), memory.available(args.device)
     if available is not None and sum(need.values()) > available:
         part = max(need, key=need.get)
         lower = '--flow-hidden or --flow-layers' if part == 'the flow' else '--samples, --nu, --batch, --hidden, --depth or --fourier'
-        p.error(f'this run needs about {gb(sum(need.values()))} of memory ({part} {gb(need[part])}), more than the '
-                f'{gb(available)} available; lower {lower}')
+        p.error(f'this run needs about {memory.gb(sum(need.values()))} of memory ({part} {memory.gb(need[part])}), more than the '
+                f'{memory.gb(available)} available; lower {lower}')
     return args
 
 
@@ -151,71 +152,6 @@ def check_paths(p, args):
         p.error('argument --images: the same path as --ckpt')
 
 
-def gb(n):
-    return f'{n / 2**30:.1f} GB' if n >= 2**30 else f'{n / 2**20:.0f} MB'
-
-
-def memory_needed(args):
-    """Bytes a run needs at its peak, by part, estimated from its settings before anything is allocated
-    (float32 tensors of 4 bytes, indices of 8)."""
-    n, rows = args.samples, (1 + args.nu) * args.samples
-    width_in, h = 2 + 2 * args.fourier, args.hidden
-    params = width_in * h + h + (args.depth - 1) * (h * h + h) + h + 1 + 2 * args.fourier
-    activations = width_in + 2 * args.depth * h           # per row: the input, and each layer's output and activation
-    return {'training data': 96 * n,                       # drawn in float64, then x, log q and the epoch's order
-            # an epoch's data and noise, labels, log q, their reordering and the steps' values: 96 to 420 bytes a
-            # row were measured at 4 to 10 million rows, how much depending on how the allocator reuses memory
-            "an epoch's noise": 420 * rows,
-            'network and Adam state': 16 * params,          # weights, gradients and two moments
-            'a step': 8 * (1 + args.nu) * args.batch * activations,   # activations and their gradients
-            'evaluation': 4 * 8192 * activations + 2**22 if args.eval_every else 0,   # a chunk of the grid
-            # a learned noise: the flow's weights, gradients and Adam state, and what its passes keep for the
-            # backward, 5 tensors of hidden floats a row and a layer, for a step's rows or a chunk of the grid
-            'the flow': 16 * args.flow_layers * (args.flow_hidden ** 2 + 5 * args.flow_hidden + 2)
-                        + 20 * args.flow_layers * args.flow_hidden * max((1 + args.nu) * args.batch, 8192)
-                        if learned(args) else 0,
-            'the rest': 2**28}                               # torch, matplotlib and the frame
-
-
-def memory_available(device):
-    """Bytes this process may still allocate on device, or None where we cannot tell: a CUDA device's free
-    memory; on Linux, MemAvailable, capped by a container's (cgroup's) limit; elsewhere the physical memory."""
-    if device == 'cuda':
-        return torch.cuda.mem_get_info()[0]
-    try:
-        with open('/proc/meminfo') as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
-    except (OSError, StopIteration, ValueError):
-        try:
-            return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-        except (AttributeError, ValueError, OSError):
-            return None
-    try:
-        with open('/sys/fs/cgroup/memory.max') as f, open('/sys/fs/cgroup/memory.current') as g:
-            limit = f.read().strip()
-            if limit != 'max':
-                available = min(available, int(limit) - int(g.read()))
-    except (OSError, ValueError):
-        pass
-    return available
-
-
-def keep_freed_memory():
-    """Have glibc keep the memory the process frees for its next tensors, instead of handing every freed
-    block over 128 KB back to the system and faulting its pages in again on the next allocation: each epoch
-    allocates the same few MB-sized tensors, and on our 2-core VM that cost 35000 to 50000 page faults an
-    epoch, a third of its time. The peak memory stays the same. Does nothing where the C library is not
-    glibc (macOS, Windows, musl)."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's malloc.h
-    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)        # blocks up to 32 MB from the heap (glibc's own upper bound)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)         # and the heap's freed top kept, not returned
-
-
 def fail(msg):
     print(f'{os.path.basename(sys.argv[0])}: error: {msg}', file=sys.stderr)
     sys.exit(2)
@@ -238,27 +174,16 @@ def resume_command(args, epochs_left):
 
 
 def check_resume(args, model_kwargs):
-    """The checkpoint to resume, read and checked before anything else is done; exits 2 if it does not fit."""
+    """The checkpoint to resume, read and checked in every part before anything else is done; exits 2 if it does not fit."""
     try:
-        ckpt = files.load_checkpoint(args.ckpt)
-    except files.CheckpointError as e:
+        return resume.load(args.ckpt, args, model_kwargs)
+    except (files.CheckpointError, resume.Unfit) as e:
         fail(str(e))
-    for k in RUN_KEYS:
-        if ckpt['args'].get(k) != getattr(args, k):
-            fail(f'{args.ckpt} was trained with --{k} {ckpt["args"].get(k)}, not {getattr(args, k)}; '
-                 f'pass the same value or start a fresh run with another --ckpt')
-    if ckpt['model_kwargs'] != model_kwargs:
-        fail(f'{args.ckpt} holds another network, {ckpt["model_kwargs"]}, not {model_kwargs}')
-    for k in FLOW_KEYS if learned(args) else ():
-        if ckpt['args'].get(k) != getattr(args, k):
-            fail(f'{args.ckpt} holds a flow trained with --{k.replace("_", "-")} {ckpt["args"].get(k)}, not {getattr(args, k)}; '
-                 f'pass the same value or start a fresh run with another --ckpt')
-    return ckpt
 
 
 def learned(args):
     """Whether the noise is a flow, with weights of its own to fit, save and restore."""
-    return args.noise in ('flow', 'fce')
+    return args.noise in LEARNED
 
 
 def batches(x_train, log_q_train, noise, nu, batch):
@@ -314,21 +239,12 @@ def network_kwargs(cfg):
     return kwargs
 
 
-def restore(ckpt, energy, device):
-    """Load a checkpoint's weights, Adam state and RNG states; returns the epoch to start at, the history
-    and the Adam state."""
-    energy.load_state_dict(ckpt['energy'])
-    files.set_rng_state(ckpt['rng'])
-    adam = {k: [t.to(device) for t in v] for k, v in ckpt['optimizer'].items()}
-    return ckpt['epoch'] + 1, ckpt['history'], adam
-
-
 def restore_flow(args, ckpt, noise, x_train, device):
     """The flow's weights and Adam state: from the checkpoint, or fresh; --noise flow fits a fresh flow to the data
     by maximum likelihood and fixes it. Returns the Adam state of the flow's steps in fce."""
     if ckpt:
         noise.flow.load_state_dict(ckpt['flow'])
-        adam = {k: [t.to(device) for t in v] for k, v in ckpt['flow_optimizer'].items()}
+        adam = resume.adam_state(ckpt['flow_optimizer'], device)
     else:
         adam = optim.adam_init(list(noise.flow.parameters()))
         if args.noise == 'flow':
@@ -347,13 +263,13 @@ def clear_paths(args):
     files.remove_matching(args.images, files.leftovers(FRAMES))
 
 
-def evaluator(args, device):
+def evaluator(args, device, test_seed):
     """The exact evaluation of a run, a function of the model (and of a learned noise's flow, a density model too)
     that returns (metrics, log p_θ on the plot's grid), or None if the run does not evaluate: the held-out set
-    and the true density's entropy H on it, made once."""
+    (drawn from the seed's 'test' stream) and the true density's entropy H on it, made once."""
     if args.eval_every == 0:
         return None
-    x_test = sample_2d_data(args.dataset, TEST_SAMPLES, torch.Generator().manual_seed(args.seed + TEST_SEED)).to(device)
+    x_test = sample_2d_data(args.dataset, TEST_SAMPLES, seeds.generator(test_seed)).to(device)
     entropy = -log_density(args.dataset, x_test).double().mean().item()
 
     def exact(energy, q_flow=None):
@@ -395,27 +311,30 @@ def main(args):
 
 
 def run(args):
-    keep_freed_memory()
+    memory.keep_freed_memory()
     model_kwargs = network_kwargs(vars(args))
     ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm
     device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    x_train = sample_2d_data(args.dataset, args.samples, torch.Generator().manual_seed(args.seed)).to(device)
+    # a stream per purpose (seeds.py); a checkpoint keeps the streams it was trained with
+    streams = resume.run_streams(args, ckpt)
+    x_train = sample_2d_data(args.dataset, args.samples, seeds.generator(streams['data'])).to(device)
+    seeds.seed_global(streams['init'])
     energy = EBM(**model_kwargs).to(device)          # first: the same initialisation whatever the noise
     try:
-        noise = make_noise(args.noise, x_train, args.flow_layers, args.flow_hidden, args.flow_broad)
+        noise = make_noise(args.noise, x_train, args.flow_layers, args.flow_hidden, args.flow_broad, streams['mixture'])
     except (ValueError, RuntimeError) as e:          # e.g. a covariance that is not positive definite
         fail(f'cannot fit --noise {args.noise} to the training data: {str(e).splitlines()[0][:160]}')
+    seeds.seed_global(streams['train'])              # data order, noise draws, the flow's fit; a resume restores it
     params = list(energy.parameters())
-    start, history, adam = restore(ckpt, energy, device) if ckpt else (0, [], optim.adam_init(params))
+    start, history, adam = resume.restore(ckpt, energy, device) if ckpt else (0, [], optim.adam_init(params))
     flow_adam = restore_flow(args, ckpt, noise, x_train, device) if learned(args) else None
     with torch.no_grad():
         log_q_train = noise.log_prob(x_train) if args.noise != 'fce' else None   # once: neither the data nor q changes
     clear_paths(args)
     steps, end = math.ceil(args.samples / args.batch), start + args.epoch   # steps per epoch; the last batch may be smaller
     lr_at = optim.lr_schedule(args.schedule, args.lr, total=end * steps)
-    exact = evaluator(args, device)
+    exact = evaluator(args, device, streams['test'])
     if not args.no_plot:
         import plot
         frame = plot.Frame(x_train, noise)
@@ -458,7 +377,7 @@ def run(args):
             with files.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
                 history.append(row)
                 state = dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
-                             epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history)
+                             epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history, streams=streams)
                 if q_flow is not None:
                     state.update(flow=q_flow.state_dict(), flow_optimizer=flow_adam)
                 files.save_checkpoint(state, args.ckpt)

@@ -7,8 +7,9 @@ from conftest import ROOT
 # each module and the repo modules it may import: train.py on top, the objective, data and model at the bottom
 LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
-    'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files'},
-    'train': {'util', 'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot'},
+    'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files'}, 'memory': {'noise'},
+    'resume': {'files', 'seeds', 'model', 'noise', 'flow'},
+    'train': {'util', 'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume'},
 }
 
 

@@ -148,11 +148,12 @@ def test_impossible_inputs_are_one_line_errors_that_write_nothing(args, tmp_path
 
 
 def test_the_memory_estimate_passes_the_presets_and_tracks_the_sizes():
+    import memory
     import train
     for preset in ('original', 'strong'):
-        need = sum(train.memory_needed(train.get_args(['--preset', preset])).values())
+        need = sum(memory.needed(train.get_args(['--preset', preset])).values())
         assert need < 2**30, preset              # well under 1 GB: 0.3 to 0.35 GB is measured for the default run
-    small, big = (sum(train.memory_needed(train.get_args(['--samples', n])).values()) for n in ('10000', '1000000'))
+    small, big = (sum(memory.needed(train.get_args(['--samples', n])).values()) for n in ('10000', '1000000'))
     assert big - small > 990000 * 2 * 4 * 10    # at least the data, its noise and their labels
 
 

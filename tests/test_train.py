@@ -272,11 +272,11 @@ def test_a_run_removes_the_temporary_files_a_killed_run_left_and_nothing_else(ru
 
 
 FAULTS = """import resource, sys, torch
-import train
+import memory
 from evaluate import evaluate
 from model import EBM
 if sys.argv[1] == 'keep':
-    train.keep_freed_memory()
+    memory.keep_freed_memory()
 energy, x_test = EBM(), torch.randn(20000, 2)
 for _ in range(3):
     evaluate(energy, x_test)
@@ -290,7 +290,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
 def test_keep_freed_memory_stops_the_page_faults_of_each_evaluation():
     """Each evaluation allocates and frees MB-sized tensors; with glibc's defaults their pages are handed back
-    and faulted in again every time, after train.keep_freed_memory() they are reused."""
+    and faulted in again every time, after memory.keep_freed_memory() they are reused."""
     faults = {how: float(subprocess.run([sys.executable, '-c', FAULTS, how], cwd=ROOT, capture_output=True,
                                         text=True, check=True).stdout) for how in ('default', 'keep')}
     assert faults['keep'] < 1000 and faults['keep'] * 10 < faults['default'], faults

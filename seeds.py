@@ -1,0 +1,50 @@
+"""One --seed, independent random streams: a stream of its own for each purpose a run draws for.
+
+Seeding two generators with the same integer gives them the same stream (torch.Generator().manual_seed(s) and
+torch.manual_seed(s) draw identical numbers), so the integer a user passes is never handed to a generator. numpy's
+SeedSequence hashes it into one child per purpose, each child's first 64-bit word seeds that purpose's generator,
+and no purpose draws from another's (docs/runs.md).
+"""
+import numpy as np
+import torch
+
+PURPOSES = (
+    'data',     # the training data (torch.Generator)
+    'init',     # the initialisation: the EBM's weights and Fourier frequencies, a flow's weights (the global RNG)
+    'train',    # the training's own draws: data order, noise samples, a flow's fit, anything a method samples
+    'test',     # the held-out set the exact evaluation scores on (torch.Generator)
+    'mixture',  # the k-means start of scikit-learn's Gaussian mixtures (--noise gmm, results.py's GMM)
+)
+# what a checkpoint of the release before these streams drew from: the raw seed everywhere, s + 2**32 for the held-out
+# set and 0 for the mixtures; kept so that such a checkpoint resumes on the data it was trained on
+LEGACY = 'one integer'
+
+
+def entropy(seed):
+    """The seed as SeedSequence's entropy, which takes non-negative words only: the seed's two's-complement low and
+    high 32 bits and its sign, one-to-one on every seed train.py accepts ([-2^63, 2^64))."""
+    return [seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF, int(seed < 0)]
+
+
+def streams(seed):
+    """The seed of each purpose's generator, by name: 64-bit integers, but 32-bit for scikit-learn's 'mixture'."""
+    children = np.random.SeedSequence(entropy(seed)).spawn(len(PURPOSES))
+    out = {p: int(child.generate_state(1, np.uint64)[0]) for p, child in zip(PURPOSES, children, strict=True)}
+    out['mixture'] = int(children[PURPOSES.index('mixture')].generate_state(1, np.uint32)[0])
+    return out
+
+
+def legacy_streams(seed):
+    """The previous release's seeds (LEGACY), for resuming its checkpoints only: it seeded the data, the
+    initialisation and the training alike with the seed itself, the very defect these streams remove."""
+    return dict(data=seed, init=seed, train=seed, test=seed + 2**32, mixture=0)
+
+
+def generator(stream_seed, device='cpu'):
+    """A fresh torch.Generator on device, seeded with one purpose's seed from streams()."""
+    return torch.Generator(device).manual_seed(stream_seed)
+
+
+def seed_global(stream_seed):
+    """Seed torch's global RNG (CPU and every GPU), from which the initialisation and the training draw."""
+    torch.manual_seed(stream_seed)
