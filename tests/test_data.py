@@ -66,9 +66,10 @@ def test_true_density_integrates_to_one(name):
 
 @pytest.mark.parametrize('name', DATASETS)
 def test_truth_beats_a_tuned_kde_on_its_own_samples(name):
-    """The true density must be the best model of its own data: its mean log density on 10^5 samples beats a
-    Gaussian KDE fitted to 1000 other samples, even with the KDE's bandwidth picked on those same 10^5."""
-    x, train = sample(name, 100000, seed=1).double(), sample(name, 1000, seed=2).double()
+    """The true density must be the best model of its own data: its mean log density on 2·10^4 samples beats a
+    Gaussian KDE fitted to 1000 other samples, even with the KDE's bandwidth picked on those same samples. The
+    margin measured at this size is 0.05 (8gaussians) to 0.26 nats (rings)."""
+    x, train = sample(name, 20000, seed=1).double(), sample(name, 1000, seed=2).double()
     truth = log_density(name, x).mean().item()
     bws = torch.tensor([0.04, 0.07, 0.12, 0.2], dtype=torch.float64)
     kde = torch.cat([torch.logsumexp(-torch.cdist(xc, train).pow(2)[..., None] / (2 * bws**2), 1) for xc in x.split(2000)])

@@ -21,7 +21,7 @@ def test_the_committed_notebook_shows_its_figures_and_how_to_regenerate_them():
     assert COMMAND in nb.cells[0].source and COMMAND in open(os.path.join(ROOT, 'README.md')).read()
     code = [c for c in nb.cells if c.cell_type == 'code']
     assert all(c.execution_count == i + 1 for i, c in enumerate(code))     # run once, top to bottom, in order
-    assert len(figures(nb)) >= 6 and not any(o.output_type == 'error' for c in code for o in c.outputs)
+    assert len(figures(nb)) >= 5 and not any(o.output_type == 'error' for c in code for o in c.outputs)
 
 
 def test_the_notebook_runs_top_to_bottom(tmp_path):
