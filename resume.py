@@ -3,8 +3,10 @@ import torch
 
 import files
 import seeds
+from flow import fit
 from model import ACTIVATIONS, EBM
 from noise import LEARNED
+from optim import adam_init
 
 RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset')  # what must match to --resume a checkpoint
 FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
@@ -207,3 +209,17 @@ def restore(ckpt, energy, device):
     energy.load_state_dict(ckpt['energy'])
     files.set_rng_state(ckpt['rng'])
     return ckpt['epoch'] + 1, ckpt['history'], adam_state(ckpt['optimizer'], device)
+
+
+def restore_flow(args, ckpt, noise, x_train, device):
+    """The flow's weights and Adam state: from the checkpoint, or fresh; --noise flow fits a fresh flow to the data
+    by maximum likelihood and fixes it. Returns the Adam state of the flow's steps in fce."""
+    if ckpt:
+        noise.flow.load_state_dict(ckpt['flow'])
+        adam = adam_state(ckpt['flow_optimizer'], device)
+    else:
+        adam = adam_init(list(noise.flow.parameters()))
+        if args.noise == 'flow':
+            fit(noise.flow, x_train, args.flow_fit, args.batch, args.flow_lr)
+    noise.flow.requires_grad_(False)    # its gradients are written out (flow.py)
+    return adam

@@ -239,20 +239,6 @@ def network_kwargs(cfg):
     return kwargs
 
 
-def restore_flow(args, ckpt, noise, x_train, device):
-    """The flow's weights and Adam state: from the checkpoint, or fresh; --noise flow fits a fresh flow to the data
-    by maximum likelihood and fixes it. Returns the Adam state of the flow's steps in fce."""
-    if ckpt:
-        noise.flow.load_state_dict(ckpt['flow'])
-        adam = resume.adam_state(ckpt['flow_optimizer'], device)
-    else:
-        adam = optim.adam_init(list(noise.flow.parameters()))
-        if args.noise == 'flow':
-            flow.fit(noise.flow, x_train, args.flow_fit, args.batch, args.flow_lr)
-    noise.flow.requires_grad_(False)    # its gradients are written out (flow.py)
-    return adam
-
-
 def clear_paths(args):
     """A fresh run that plots owns --images: it removes an earlier run's frames, so a GIF never mixes two runs.
     A run killed while writing leaves a temporary file beside the one it wrote; this run's paths are ours."""
@@ -328,7 +314,7 @@ def run(args):
     seeds.seed_global(streams['train'])              # data order, noise draws, the flow's fit; a resume restores it
     params = list(energy.parameters())
     start, history, adam = resume.restore(ckpt, energy, device) if ckpt else (0, [], optim.adam_init(params))
-    flow_adam = restore_flow(args, ckpt, noise, x_train, device) if learned(args) else None
+    flow_adam = resume.restore_flow(args, ckpt, noise, x_train, device) if learned(args) else None
     with torch.no_grad():
         log_q_train = noise.log_prob(x_train) if args.noise != 'fce' else None   # once: neither the data nor q changes
     clear_paths(args)

@@ -8,7 +8,7 @@ from conftest import ROOT
 LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
     'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files'}, 'memory': {'noise'},
-    'resume': {'files', 'seeds', 'model', 'noise', 'flow'},
+    'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim'},
     'train': {'util', 'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume'},
 }
 
