@@ -3,7 +3,7 @@ import torch
 
 import files
 import seeds
-from flow import fit
+from flow import Flow, fit
 from model import ACTIVATIONS, EBM
 from noise import LEARNED
 from optim import adam_init
@@ -15,14 +15,14 @@ NUMBERS, BLANKS, OPTIONAL = ('value', 'acc', 'seconds'), ('c', 'log_z', 'nll', '
 KWARGS = dict(dim=int, hidden=int, depth=int, act=str, fourier=int, fourier_std=float)   # EBM's arguments
 
 
-class Unfit(Exception):
+class Unfit(files.CheckpointError):
     """A checkpoint that loads but that this run cannot use; the message names the first thing wrong."""
 
 
 def load(path, args=None, model_kwargs=None):
     """The checkpoint at path, with every part checked: against this run's flags (args) and network (model_kwargs)
-    where they are given, else against the network it names itself. Raises files.CheckpointError or Unfit with a
-    one-line reason; reads and writes nothing else."""
+    where they are given, else against the network it names itself. Raises files.CheckpointError (Unfit for one
+    that loads but does not fit) with a one-line reason; reads and writes nothing else."""
     ckpt = files.load_checkpoint(path)
     try:
         check(ckpt, args, model_kwargs)
@@ -44,7 +44,8 @@ def check(ckpt, args, model_kwargs):
                             'or start a fresh run with another --ckpt')
         if ckpt['model_kwargs'] != model_kwargs:
             raise Unfit(f'it holds another network, {ckpt["model_kwargs"]}, not {model_kwargs}')
-    learned = (args.noise if args is not None else ckpt['args'].get('noise')) in LEARNED
+    noise = args.noise if args is not None else ckpt['args'].get('noise')
+    learned = noise in LEARNED
     for k in FLOW_KEYS if learned and args is not None else ():
         if ckpt['args'].get(k) != getattr(args, k):
             raise Unfit(f'it holds a flow trained with --{k.replace("_", "-")} {ckpt["args"].get(k)}, not {getattr(args, k)}; '
@@ -54,10 +55,9 @@ def check(ckpt, args, model_kwargs):
     check_tensors('energy', ckpt['energy'], energy.state_dict())
     check_adam('optimizer', ckpt['optimizer'], list(energy.parameters()))
     if learned:
-        from flow import Flow
         for k in ('flow', 'flow_optimizer'):
             if k not in ckpt:
-                raise Unfit(f'it has no {k}, which --noise {args.noise if args else ckpt["args"]["noise"]} needs')
+                raise Unfit(f'it has no {k}, which --noise {noise} needs')
         layers, hidden = ckpt['args'].get('flow_layers'), ckpt['args'].get('flow_hidden')
         if not (is_int(layers) and is_int(hidden) and layers > 0 and hidden > 0):
             raise Unfit(f'its args give no flow size (flow_layers {layers!r}, flow_hidden {hidden!r})')
@@ -68,7 +68,7 @@ def check(ckpt, args, model_kwargs):
             raise Unfit('flow[std] holds a scale that is not positive')
         check_adam('flow_optimizer', ckpt['flow_optimizer'], list(flow.parameters()))
     check_rng(ckpt['rng'])
-    check_history(ckpt['epoch'], ckpt['history'], fce=learned and ckpt['args'].get('noise') == 'fce')
+    check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce')
     if 'streams' in ckpt:
         check_streams(ckpt['streams'])
 

@@ -15,9 +15,6 @@ PURPOSES = (
     'test',     # the held-out set the exact evaluation scores on (torch.Generator)
     'mixture',  # the k-means start of scikit-learn's Gaussian mixtures (--noise gmm, results.py's GMM)
 )
-# what a checkpoint of the release before these streams drew from: the raw seed everywhere, s + 2**32 for the held-out
-# set and 0 for the mixtures; kept so that such a checkpoint resumes on the data it was trained on
-LEGACY = 'one integer'
 
 
 def entropy(seed):
@@ -35,8 +32,9 @@ def streams(seed):
 
 
 def legacy_streams(seed):
-    """The previous release's seeds (LEGACY), for resuming its checkpoints only: it seeded the data, the
-    initialisation and the training alike with the seed itself, the very defect these streams remove."""
+    """The previous release's seeds, for resuming its checkpoints on the data they were trained on: it seeded the data,
+    the initialisation and the training alike with the seed itself (the very defect these streams remove), the
+    held-out set with s + 2**32 and the mixtures with 0."""
     return dict(data=seed, init=seed, train=seed, test=seed + 2**32, mixture=0)
 
 

@@ -177,7 +177,7 @@ def check_resume(args, model_kwargs):
     """The checkpoint to resume, read and checked in every part before anything else is done; exits 2 if it does not fit."""
     try:
         return resume.load(args.ckpt, args, model_kwargs)
-    except (files.CheckpointError, resume.Unfit) as e:
+    except files.CheckpointError as e:       # resume.Unfit too
         fail(str(e))
 
 
