@@ -2,6 +2,7 @@
 
 $ python bench.py                 # CPU
 $ python bench.py --device cuda
+$ python bench.py --estimators    # only each --method's step against NCE's
 
 Prints ms per training step (default and strong configurations) next to the matmul floor, ms per frame and
 per evaluation, the epoch of `python train.py` as it runs (checkpoint and metrics included), start-up time
@@ -22,18 +23,21 @@ import torch
 import torch.distributions as D
 
 import memory
+import methods
 import optim
+import resume
 import seeds
 import train
 from data import sample_2d_data
 from evaluate import evaluate, window_log_p
+from likelihood import mle_nodes
 from model import EBM
-from noise import make_noise
-from util import step_values
+from noise import LEARNED, make_noise
 
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'mps'], help='device to benchmark')
 p.add_argument('--steps', type=int, default=500, help='timed steps per configuration')
+p.add_argument('--estimators', action='store_true', help='only time each --method\'s step against NCE\'s (docs/estimators.md)')
 p.add_argument('--zuko', action='store_true', help='only time the flow of --noise fce against zuko\'s MAF and NSF '
                '(pip install zuko==1.6.0; docs/flow.md)')
 args = p.parse_args()
@@ -104,52 +108,90 @@ if args.zuko:
 a, w = torch.randn(200, 128, device=device), torch.randn(128, 128, device=device)
 floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 
-# ours, exactly the steps train.py runs: an epoch's batches from train.batches, train.train_step on each,
-# and the steps' values and accuracies from step_values when the epoch ends
-def ours(preset):
-    cfg = train.PRESETS[preset]
+# ours, exactly the steps train.py runs: methods.build's step of the method on the batches of its epochs, and the
+# steps' values when an epoch ends. flags are train.py's; set overrides arguments after parsing (fce's threshold)
+def step_of(*flags, **set):
+    a = train.get_args(['--no-plot', '--eval-every', '0', '--device', args.device, *flags])
+    vars(a).update(set)
     seeds.seed_global(STREAMS['init'])
-    energy = EBM(**train.network_kwargs(cfg)).to(device)
-    params = list(energy.parameters())
-    adam = optim.adam_init(params)
-    noise = make_noise('gaussian', x_train)
-    log_q_train = noise.log_prob(x_train)
+    energy = EBM(**train.network_kwargs(vars(a))).to(device)
+    noise = make_noise(a.noise, x_train, a.flow_layers, a.flow_hidden, a.flow_broad, STREAMS['mixture'])
     seeds.seed_global(STREAMS['train'])
-    epoch, logits = iter(()), []
+    adam = optim.adam_init(list(energy.parameters()))
+    flow_adam = resume.restore_flow(a, None, noise, x_train, device) if a.noise in LEARNED else None
+    log_q = noise.log_prob(x_train) if a.noise != 'fce' else None
+    method = methods.build(a, energy, noise, x_train, log_q, adam, flow_adam)
+    epoch, records = iter(()), []
     def step():
-        nonlocal epoch, logits
+        nonlocal epoch, records
         batch = next(epoch, None)
-        if batch is None:       # a new epoch: its data order and noise are drawn here, as in train.py
-            if logits:
-                step_values(logits, cfg['nu'])
-            epoch, logits = train.batches(x_train, log_q_train, noise, cfg['nu'], cfg['batch']), []
+        if batch is None:       # a new epoch: its data order and draws are made here, as in train.py
+            if records:
+                method.values(records)
+            epoch, records = method.batches(), []
             batch = next(epoch)
-        logits.append(train.train_step(energy, params, adam, *batch, cfg['nu'], cfg['lr'], 0.9, 0.999))
+        records.append(method.step(batch, a.lr))
     return timed(step, args.steps), energy
 
-# an fce step as train.py runs it (train.fce_step on the batches of train.data_batches) on the original network: fresh
-# draws from the flow, the EBM's step and, where the classifier wins, the flow's; timed with the flow never stepping
-# (threshold 1) and always stepping (threshold 0), the two costs a run's steps mix
-def fce(threshold):
-    cfg = train.PRESETS['original']
+# exact MLE as results.py ran it before --method: autograd through the network at the data and a shifted 48x48 grid,
+# then Adam; the written-out step of --method mle must be no slower
+def mle_autograd():
     seeds.seed_global(STREAMS['init'])
     energy = EBM().to(device)
     params = list(energy.parameters())
     adam = optim.adam_init(params)
-    noise = make_noise('fce', x_train)
-    noise.flow.requires_grad_(False)
-    flow_params = list(noise.flow.parameters())
-    flow_adam = optim.adam_init(flow_params)
-    seeds.seed_global(STREAMS['train'])
-    epoch = iter(())
     def step():
-        nonlocal epoch
-        x = next(epoch, None)
-        if x is None:
-            epoch = train.data_batches(x_train, cfg['batch'])
-            x = next(epoch)
-        train.fce_step(energy, params, adam, flow_params, flow_adam, noise, x, 1, 1e-3, 1e-3, 0.9, 0.999, threshold)
+        x = x_train[torch.randint(len(x_train), (100,), device=device)]
+        neg_f = energy(torch.cat([x, mle_nodes(device=device)])).squeeze(1) + energy.c
+        loss = -neg_f[:100].mean() + torch.logsumexp(neg_f[100:], 0)
+        for q in params:
+            q.grad = None
+        loss.backward()
+        optim.adam_step(params, adam, 1e-3, 0.9, 0.999)
     return timed(step, args.steps)
+
+# each estimator's step against an NCE step of the same network and batch, with the issue's target for the ratio
+ESTIMATORS = [  # name, flags, the NCE step it is measured against, the target ratio
+    ('rank', ['--method', 'rank'], 'nce', 1.5), ('cnce', ['--method', 'cnce'], 'nce', 1.5),
+    ('ence', ['--method', 'ence'], 'nce', 1.5), ('ence, ngd', ['--method', 'ence', '--optim', 'ngd'], 'nce', 1.5),
+    ('is', ['--method', 'is'], 'nce', 1.5), ('dsm', ['--method', 'dsm'], 'nce', 3),
+    ('sm, softplus', ['--method', 'sm', '--act', 'softplus'], 'nce, softplus', 4),
+    ('cd, k = 10', ['--method', 'cd'], 'nce', 6), ('pcd, k = 10', ['--method', 'pcd'], 'nce', 6),
+    ('cd, k = 1', ['--method', 'cd', '--langevin-steps', '1'], 'nce', 1.5),
+    ('mle', ['--method', 'mle'], None, None),
+]
+
+def against_nce(flags, ref_flags=(), repeats=5):
+    """Seconds a step of a method and of the NCE step it is measured against, each the least of `repeats` timings
+    taken in turn, so that the shared machine's drift falls on both alike."""
+    mine, ref = [], []
+    for _ in range(repeats):
+        mine.append(step_of(*flags)[0] if flags else mle_autograd())
+        ref.append(step_of(*ref_flags)[0])
+    return min(mine), min(ref)
+
+def estimators():
+    """On one thread, as results.py runs each job: two threads on a shared 2-core machine time steps this small
+    with twice the noise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print('each --method\'s step against NCE\'s, one thread:')
+    for name, flags, against, target in ESTIMATORS:
+        ref_flags = ['--act', 'softplus'] if 'softplus' in flags else []
+        t, ref = against_nce(flags, ref_flags)
+        if against is None:
+            before, _ = against_nce([], ref_flags)
+            print(f'{name}: {t * 1e3:.3f} ms a step, {t / ref:.1f}x NCE; the autograd step results.py ran before '
+                  f'{before * 1e3:.3f} ms: {before / t:.2f}x')
+        else:
+            print(f'{name}: {t * 1e3:.3f} ms a step, {t / ref:.2f}x {against} ({ref * 1e3:.3f} ms; target at most {target}x: '
+                  f'{"met" if t / ref <= target else "missed"})')
+    torch.set_num_threads(threads)
+
+
+if args.estimators:
+    estimators()
+    sys.exit()
 
 # the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch
 def original_loop():
@@ -229,10 +271,10 @@ orig_step, t_orig_plot, epoch_orig = time_original()
 memory.keep_freed_memory()
 # the same setting helps the original too: measured again, so the ratios can be read with and without it
 orig_step_kept, t_orig_plot_kept, epoch_orig_kept = time_original()
-step_default, energy = ours('original')
-step_strong, _ = ours('strong')
+step_default, energy = step_of()
+step_strong, _ = step_of('--preset', 'strong')
 epoch_ours = time_train_epoch()
-fce_ebm, fce_both = fce(1.0), fce(0.0)
+fce_ebm, fce_both = (step_of('--noise', 'fce', fce_threshold=t)[0] for t in (1.0, 0.0))   # the flow never, always stepping
 epoch_fce = time_train_epoch(5, 25, '--noise', 'fce')
 x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, seeds.generator(STREAMS['test'])).to(device)
 frame = plot.Frame(x_train, make_noise('gaussian', x_train))
@@ -254,6 +296,7 @@ print(f'fce step (original network, batch 100): EBM step alone {fce_ebm * 1e3:.3
       f'{epoch_fce * 1e3:.0f} ms ({epoch_fce / epoch_ours:.1f}x the NCE epoch)')
 print(f'original with the same glibc setting (memory.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
       f'({orig_step_kept / step_default:.1f}x ours), epoch {epoch_orig_kept * 1e3:.0f} ms ({epoch_orig_kept / epoch_ours:.1f}x ours)')
+estimators()
 
 # start-up and memory of the real script, in a fresh process each; the child reports its own peak (VmHWM),
 # since a child's ru_maxrss also counts the pages it shared with this process at fork

@@ -27,7 +27,7 @@ class EBM(nn.Module):
     def __init__(self, dim=2, hidden=128, depth=2, act='leaky_relu', fourier=0, fourier_std=0.25):
         super().__init__()
         self.register_buffer('freq', fourier_std * torch.randn(dim, fourier) if fourier else None)
-        self.act_backward = ACTIVATIONS[act][1]
+        self.act, self.act_backward = act, ACTIVATIONS[act][1]
         layers, width = [], dim + 2 * fourier
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), ACTIVATIONS[act][0]()]
@@ -57,21 +57,50 @@ class EBM(nn.Module):
             h = layer(h)
 
         @torch.no_grad()
-        def backward(grad_log_p, input_grad=False):
-            """Returns dL/dx too if input_grad, else None (the input, the data or the noise, needs none)."""
-            g = -grad_log_p.unsqueeze(1)                       # log p = -f - c: dL/df = -dL/d log p
-            self.c.grad = -grad_log_p.sum(0, keepdim=True)
-            for i in reversed(range(len(self.f))):
-                layer, h = self.f[i], inputs[i]
-                if isinstance(layer, nn.Linear):               # z = h Wᵀ + b
-                    layer.weight.grad, layer.bias.grad = g.T @ h, g.sum(0)
-                    g = g @ layer.weight if i or input_grad else None
-                else:                                          # h' = act(h)
-                    g = self.act_backward(g, h)
-            if g is None or self.freq is None:
-                return g
-            # features [x, sin z, cos z] with z = 2π x B: dL/dx = g_x + (g_sin cos z - g_cos sin z)(2π B)ᵀ
-            m, h = self.freq.shape[1], inputs[0]
-            g_z = g[:, 2:2 + m] * h[:, 2 + m:] - g[:, 2 + m:] * h[:, 2:2 + m]
-            return g[:, :2] + (2 * math.pi) * (g_z @ self.freq.T)
+        def backward(grad_log_p, input_grad=False, c_grad=True):
+            """Returns dL/dx too if input_grad, else None (the input, the data or the noise, needs none). With
+            c_grad=False, c.grad is left as it is: a loss in which c cancels has none to write."""
+            if c_grad:
+                self.c.grad = -grad_log_p.sum(0, keepdim=True)
+            return self.backward_from(-grad_log_p.unsqueeze(1), inputs, len(self.f), input_grad)   # dL/df = -dL/d log p
         return -h.squeeze(1) - self.c, backward
+
+    @torch.no_grad()
+    def backward_from(self, g, inputs, top, input_grad, weights=True):
+        """Backpropagate g = dL/d(output of layer top - 1) down the MLP, whose layers had the inputs `inputs`: each
+        weight's .grad if weights, and dL/dx if input_grad."""
+        for i in reversed(range(top)):
+            layer, h = self.f[i], inputs[i]
+            if isinstance(layer, nn.Linear):               # z = h Wᵀ + b
+                if weights:
+                    layer.weight.grad, layer.bias.grad = g.T @ h, g.sum(0)
+                g = g @ layer.weight if i or input_grad else None
+            else:                                          # h' = act(h)
+                g = self.act_backward(g, h)
+        return g if g is None else self.features_backward(g, inputs[0])
+
+    def features_backward(self, g, h):
+        """dL/dx from g = dL/d(features), h the features."""
+        if self.freq is None:
+            return g
+        # features [x, sin z, cos z] with z = 2π x B: dL/dx = g_x + (g_sin cos z - g_cos sin z)(2π B)ᵀ
+        m = self.freq.shape[1]
+        g_z = g[:, 2:2 + m] * h[:, 2 + m:] - g[:, 2 + m:] * h[:, 2:2 + m]
+        return g[:, :2] + (2 * math.pi) * (g_z @ self.freq.T)
+
+    @torch.no_grad()
+    def score(self, x, scale=1.0):
+        """scale · ∇ₓ log p_θ(x), the score that Langevin dynamics follows, with no weight gradient written. It is
+        log_p_and_backward's pass cut to what ∇ₓ needs, called k times a step by cd and pcd: the last layer is
+        linear, so d log p/dh there is -w for every row and it is neither run nor backpropagated, and the layers are
+        called without nn.Module's per-call overhead, which is most of a pass this small."""
+        linears, act = self.f[::2], self.f[1].forward
+        h0 = h = self.features(x)
+        zs = []
+        for layer in linears[:-1]:
+            zs.append(torch.addmm(layer.bias, h, layer.weight.T))
+            h = act(zs[-1])
+        g = linears[-1].weight.mul(-scale).expand(len(x), -1)
+        for layer, z in zip(reversed(linears[:-1]), reversed(zs), strict=True):
+            g = self.act_backward(g, z) @ layer.weight
+        return self.features_backward(g, h0)

@@ -1,4 +1,4 @@
-"""The optimizer: Adam on plain tensors and the learning-rate schedule."""
+"""The optimizers: Adam on plain tensors, normalized gradient descent, and the learning-rate schedule."""
 import math
 
 import torch
@@ -28,6 +28,15 @@ def adam_step(params, state, lr, b1, b2, eps=1e-8):
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         # p -= lr m̂ / (sqrt(v̂) + eps), with m̂ = m / (1 - b1^t) and v̂ = v / (1 - b2^t)
         p.data.sub_(lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps))
+
+
+@torch.no_grad()
+def ngd_step(params, lr):
+    """One step of normalized gradient descent, θ ← θ - lr g/‖g‖ with ‖g‖ the norm of the whole gradient, as eNCE's
+    paper (Liu et al. 2022) runs it: every step moves θ by lr, however flat or steep the loss. No state, no host sync."""
+    grads = [p.grad for p in params]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).clamp_min(1e-30)
+    torch._foreach_add_(params, torch._foreach_div(grads, norm), alpha=-lr)
 
 
 def lr_schedule(kind, lr, total):

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 import files
-import optim
 import resume
 import seeds
 import train
 from data import DATASETS, log_density, sample_2d_data
-from evaluate import PLOT_LIM, evaluate, evaluate_flow, grid, log_p_on
+from evaluate import PLOT_LIM, evaluate_flow, grid, log_p_on
 from model import EBM
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +45,7 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'fce': dict(preset='original', noise='fce'),                    # the flow trained against the EBM
     'strong-10k-flow': dict(preset='strong', noise='flow', epoch=FAIR_EPOCHS),
     'strong-10k-fce': dict(preset='strong', noise='fce', epoch=FAIR_EPOCHS),
-    'mle': dict(steps=50 * 100),        # the original budget: 50 epochs of 100 steps
+    'mle': dict(preset='original', method='mle'),     # exact maximum likelihood, the same network, data and steps
     'gmm': dict(),                      # k = 1..--gmm-max-k (30) by BIC
     'kde': dict(),
 }
@@ -87,16 +86,11 @@ def run_job(dataset, method, seed, cfg):
         preset = train.PRESETS[spec['preset']]
         epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
         energy, m = nce(dataset, seed, spec, n, epochs)
-        row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec['noise'])
-        if spec['noise'] == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
+        row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec.get('noise'))
+        if spec.get('noise') == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
             reference = time.perf_counter()
             row['flow_mle_kl'] = flow_mle(x_train, x_test, H, streams, row['flow_steps'], preset['batch'])
             t += time.perf_counter() - reference
-    elif method == 'mle':
-        steps = max(1, round(spec['steps'] * cfg['budget']))
-        energy = mle(x_train, steps, streams)
-        m = evaluate(energy, x_test, H)[0]
-        row.update(nll=m['nll'], log_z=m['log_z'], steps=steps)     # c plays no part in MLE
     elif method == 'gmm':
         row['nll'], row['k'] = gmm(x_train.numpy(), x_test.numpy(), cfg['gmm_max_k'], streams['mixture'])
     else:
@@ -118,13 +112,14 @@ def run_job(dataset, method, seed, cfg):
 
 
 def nce(dataset, seed, spec, n, epochs):
-    """`python train.py --dataset D --seed S --preset P --noise Q`, in this process, evaluated exactly at its last
-    epoch (the evaluation draws nothing, so the training is the same as with an evaluation every epoch)."""
+    """`python train.py --dataset D --seed S --preset P [--method M] [--noise Q]`, in this process, evaluated exactly at
+    its last epoch (the evaluation draws nothing, so the training is the same as with an evaluation every epoch)."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, 'nce.pth.tar')
-        argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--noise', spec['noise'],
-                '--samples', str(n), '--epoch', str(epochs), '--eval-every', str(epochs), '--no-plot', '--ckpt', ckpt]
-        argv += ['--flow-broad', str(spec['flow_broad'])] if 'flow_broad' in spec else []
+        argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--samples', str(n),
+                '--epoch', str(epochs), '--eval-every', str(epochs), '--no-plot', '--ckpt', ckpt]
+        for k in ('method', 'noise', 'flow_broad'):
+            argv += [f'--{k.replace("_", "-")}', str(spec[k])] if k in spec else []
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train.main(train.get_args(argv))
         ck = resume.load(ckpt)
@@ -144,33 +139,6 @@ def flow_mle(x_train, x_test, H, streams, steps, batch):
     seeds.seed_global(streams['train'])
     flow = fit(start, x_train, steps, batch, LR)
     return evaluate_flow(flow, x_test, H)['flow_kl']
-
-
-def mle(x_train, steps, streams, batch=100, lr=1e-3, n=48, lim=5.5):
-    """Exact maximum likelihood with the original network, initialised from the seed's 'init' stream as train.py's
-    (the same initial weights as NCE's), its data order and grid shifts from the 'train' stream, the same data and Adam:
-    -mean log p_θ(x), with log Z(θ) by the midpoint rule on an n×n grid over [-lim, lim]², shifted at random each
-    step so that the estimate of Z is unbiased and the model cannot hide mass between fixed nodes."""
-    seeds.seed_global(streams['init'])
-    energy = EBM()
-    seeds.seed_global(streams['train'])
-    params = list(energy.parameters())
-    adam = optim.adam_init(params)
-    h = 2 * lim / n
-    base = grid(lim, n)
-    per_epoch = len(x_train) // batch
-    for i in range(steps):
-        if i % per_epoch == 0:
-            xs = x_train[torch.randperm(len(x_train))]
-        x = xs[(i % per_epoch) * batch:][:batch]
-        nodes = base + (torch.rand(2) - 0.5) * h
-        neg_f = energy(torch.cat([x, nodes])).squeeze(1) + energy.c      # -f_θ; c plays no part in MLE
-        loss = -neg_f[:batch].mean() + torch.logsumexp(neg_f[batch:], 0) + 2 * math.log(h)
-        for q in params:
-            q.grad = None
-        loss.backward()
-        optim.adam_step(params, adam, lr, 0.9, 0.999)
-    return energy
 
 
 def gmm(x_train, x_test, max_k, mixture_seed):

@@ -8,7 +8,8 @@ from model import ACTIVATIONS, EBM
 from noise import LEARNED
 from optim import adam_init
 
-RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset')  # what must match to --resume a checkpoint
+RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset', 'method', 'optim')  # what must match to --resume a checkpoint
+OLD = dict(method='nce', optim='adam')      # what a checkpoint from before --method and --optim was trained with
 FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
 # a history row: the columns every row has, and those a row may leave blank (None) or, from an older run, lack
 NUMBERS, BLANKS, OPTIONAL = ('value', 'acc', 'seconds'), ('c', 'log_z', 'nll', 'kl'), ('flow_nll', 'flow_kl')
@@ -39,9 +40,9 @@ def check(ckpt, args, model_kwargs):
     check_kwargs(ckpt['model_kwargs'])
     if args is not None:
         for k in RUN_KEYS:
-            if ckpt['args'].get(k) != getattr(args, k):
-                raise Unfit(f'it was trained with --{k} {ckpt["args"].get(k)}, not {getattr(args, k)}; pass the same value '
-                            'or start a fresh run with another --ckpt')
+            if ckpt['args'].get(k, OLD.get(k)) != getattr(args, k):
+                raise Unfit(f'it was trained with --{k} {ckpt["args"].get(k, OLD.get(k))}, not {getattr(args, k)}; pass the '
+                            'same value or start a fresh run with another --ckpt')
         if ckpt['model_kwargs'] != model_kwargs:
             raise Unfit(f'it holds another network, {ckpt["model_kwargs"]}, not {model_kwargs}')
     noise = args.noise if args is not None else ckpt['args'].get('noise')
@@ -68,7 +69,9 @@ def check(ckpt, args, model_kwargs):
             raise Unfit('flow[std] holds a scale that is not positive')
         check_adam('flow_optimizer', ckpt['flow_optimizer'], list(flow.parameters()))
     check_rng(ckpt['rng'])
-    check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce')
+    method = args.method if args is not None else ckpt['args'].get('method', 'nce')
+    check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce', acc=method in ('nce', 'rank', 'cnce', 'ence'))
+    check_method_state(ckpt.get('method_state', {}), method, noise, args.batch if args is not None else ckpt['args'].get('batch'))
     if 'streams' in ckpt:
         check_streams(ckpt['streams'])
 
@@ -158,7 +161,7 @@ def check_rng(rng):
                 raise Unfit(f'rng[{device!r}] is not a generator state: {str(e).splitlines()[0][:100]}') from None
 
 
-def check_history(epoch, history, fce):
+def check_history(epoch, history, fce, acc=True):
     """The epoch the checkpoint holds is the last of its history, whose rows are epochs 0, 1, ... with a number in
     every column of metrics.csv (blank only where an epoch was not evaluated)."""
     if not is_int(epoch) or epoch < 0:
@@ -173,11 +176,26 @@ def check_history(epoch, history, fce):
         for k in NUMBERS + BLANKS + OPTIONAL:
             if k not in row and k in OPTIONAL:
                 continue
-            if k not in row or not (is_number(row[k]) or row[k] is None and k not in NUMBERS):
+            if k not in row or not (is_number(row[k]) or row[k] is None and (k not in NUMBERS or k == 'acc' and not acc)):
                 raise Unfit(f'history[{i}][{k!r}] is {what(row.get(k)) if k in row else "missing"}, not a number')
         steps = row.get('flow_steps')
         if fce and not (is_int(steps) and steps >= 0) or not fce and steps is not None and not is_int(steps):
             raise Unfit(f'history[{i}][\'flow_steps\'] is {steps!r}, not a count of steps')
+
+
+def check_method_state(state, method, noise, batch):
+    """What a method keeps beyond the weights (methods.Method.state): pcd's chains, one per batch row, cnce's ε and
+    fce's count of flow steps. A checkpoint from before --method has none, and needs none: it is an NCE run."""
+    if not isinstance(state, dict):
+        raise Unfit(f'its method_state is {what(state)}, not a dict')
+    if method == 'pcd':
+        if 'chains' not in state:
+            raise Unfit('it has no chains in method_state, which --method pcd needs')
+        check_tensor("method_state['chains']", state['chains'], torch.empty(batch, 2, device='meta'))
+    if method == 'cnce' and not (is_number(state.get('eps')) and 0 < state['eps'] < float('inf')):
+        raise Unfit(f"its method_state['eps'] is {state.get('eps')!r}, not cnce's positive noise scale")
+    if noise == 'fce' and 'flow_steps' in state and not (is_int(state['flow_steps']) and state['flow_steps'] >= 0):
+        raise Unfit(f"its method_state['flow_steps'] is {state['flow_steps']!r}, not a count of steps")
 
 
 def check_streams(streams):

@@ -1,8 +1,9 @@
-"""Train an energy-based model on 2D toy data by Noise Contrastive Estimation.
+"""Train an energy-based model on 2D toy data by Noise Contrastive Estimation, or by one of its competitors.
 
 $ python train.py                              # 8gaussians, the original defaults
 $ python train.py --dataset rings --preset strong
 $ python train.py --resume --epoch 20          # 20 more epochs of the run in --ckpt
+$ python train.py --method cd                   # contrastive divergence; --help lists every method
 """
 import argparse
 import math
@@ -17,6 +18,7 @@ import torch
 import files
 import flow
 import memory
+import methods
 import optim
 import resume
 import seeds
@@ -24,7 +26,6 @@ from data import DATASETS, log_density, sample_2d_data
 from evaluate import evaluate, evaluate_flow, window_log_p
 from model import ACTIVATIONS, EBM
 from noise import LEARNED, MIN_SAMPLES, NOISES, make_noise
-from util import fce_backward, nce_backward, step_values
 
 PRESETS = {
     # the original script
@@ -53,10 +54,10 @@ def get_args(argv=None):
     p.add_argument('--fourier', type=int, help='random Fourier features of the input, 0 for none (preset)')
     p.add_argument('--fourier-std', type=float, help='std of their frequencies, in cycles per unit (preset)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
-    p.add_argument('--noise', default='gaussian', choices=NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
+    p.add_argument('--noise', choices=NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
                    'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, '
                    'widened; flow = a normalizing flow fitted to the data by maximum likelihood, then fixed; fce = a flow trained '
-                   'with the EBM to make its samples hard to tell from the data (Flow Contrastive Estimation)')
+                   'with the EBM to make its samples hard to tell from the data (Flow Contrastive Estimation). Default gaussian')
     # the flow of --noise flow and fce
     p.add_argument('--flow-layers', type=int, default=flow.LAYERS, help='affine coupling layers of the flow (default %(default)s)')
     p.add_argument('--flow-hidden', type=int, default=flow.HIDDEN, help='width of each coupling\'s two-layer MLP (default %(default)s)')
@@ -66,12 +67,16 @@ def get_args(argv=None):
                    help='weight w of N(0, 4I) in the noise q = (1 - w) flow + w N(0, 4I), which keeps q broad where the flow has no mass; 0 for the flow alone (default %(default)s)')
     p.add_argument('--fce-threshold', type=float, default=0.6,
                    help='--noise fce: the flow takes a step on a batch where the classifier\'s accuracy, balanced between data and noise, is above this (default %(default)s)')
+    p.add_argument('--fce-alternate', action='store_true', help='--noise fce as fce-2d runs it: on each batch either '
+                   'the flow steps (accuracy above --fce-threshold) or the EBM, not both')
+    # the estimator
+    methods.add_args(p)
     # optimisation
     p.add_argument('--epoch', type=int, help='number of epochs to train (preset; original 50)')
     p.add_argument('--batch', type=int, help='data samples per step (preset; original 100)')
     p.add_argument('--lr', type=float, help='Adam learning rate (preset; original 1e-3)')
-    p.add_argument('--b1', type=float, default=0.9, help='Adam beta1, decay of the first moment')
-    p.add_argument('--b2', type=float, default=0.999, help='Adam beta2, decay of the second moment')
+    p.add_argument('--b1', type=float, help='Adam beta1, decay of the first moment (default 0.9)')
+    p.add_argument('--b2', type=float, help='Adam beta2, decay of the second moment (default 0.999)')
     p.add_argument('--schedule', choices=['constant', 'cosine'], help='learning-rate schedule over the run (preset)')
     # system and output
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='auto: cuda, then mps, then cpu')
@@ -82,9 +87,11 @@ def get_args(argv=None):
     p.add_argument('--no-plot', action='store_true', help='write no frames and no curves')
     args = p.parse_args(argv)
 
+    passed = methods.given(args)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    methods.check(p, args, passed)
     for k in ('epoch', 'batch', 'samples', 'nu', 'hidden', 'depth'):
         if getattr(args, k) < 1:
             p.error(f'argument --{k}: must be at least 1, got {getattr(args, k)}')
@@ -97,7 +104,7 @@ def get_args(argv=None):
     if not (math.isfinite(args.lr) and args.lr > 0):
         p.error(f'argument --lr: must be finite and positive, got {args.lr}')
     for k in ('b1', 'b2'):
-        if not 0 <= getattr(args, k) < 1:
+        if getattr(args, k) is not None and not 0 <= getattr(args, k) < 1:
             p.error(f'argument --{k}: must be in [0, 1), got {getattr(args, k)}')
     for k in ('flow_layers', 'flow_hidden', 'flow_fit'):
         if getattr(args, k) < 1:
@@ -168,9 +175,10 @@ def frame_path(args, epoch):
 def resume_command(args, epochs_left):
     """The command that finishes this run exactly as if it had not stopped: every flag that defines the run, and
     the epochs it had left, so that a cosine schedule keeps its length."""
-    skip = ('epoch', 'resume', 'device', 'no_plot', 'eval_every')
-    flags = ' '.join(f'--{k.replace("_", "-")} {shlex.quote(str(v))}' for k, v in vars(args).items() if k not in skip)
-    return f'python train.py --resume --epoch {epochs_left} {flags}' + (' --no-plot' if args.no_plot else '')
+    skip = ('epoch', 'resume', 'device', 'eval_every', *methods.unused_flags(args))
+    flags = [f'--{k.replace("_", "-")}' + ('' if v is True else f' {shlex.quote(str(v))}')
+             for k, v in vars(args).items() if k not in skip and v is not None and v is not False]
+    return f'python train.py --resume --epoch {epochs_left} ' + ' '.join(flags)
 
 
 def check_resume(args, model_kwargs):
@@ -184,50 +192,6 @@ def check_resume(args, model_kwargs):
 def learned(args):
     """Whether the noise is a flow, with weights of its own to fit, save and restore."""
     return args.noise in LEARNED
-
-
-def batches(x_train, log_q_train, noise, nu, batch):
-    """One epoch's steps: the data in a fresh random order with ν fresh noise samples per data sample, the
-    noise drawn and its log-density computed once for the whole epoch. Yields nce_backward's batch
-    (u, s, log_q): u = [x; gen], labels s = ±1, and log q at u."""
-    n, device = len(x_train), x_train.device
-    perm = torch.randperm(n, device=device)
-    gen = noise.sample((nu * n,))
-    u = torch.cat([x_train[perm], gen])
-    s = torch.cat([torch.ones(n, device=device), -torch.ones(nu * n, device=device)])
-    log_q = torch.cat([log_q_train[perm], noise.log_prob(gen)])
-    # put each step's data, then its noise, side by side, so that a step is one slice of the epoch
-    step_of = torch.cat([torch.arange(n, device=device), torch.arange(nu * n, device=device) // nu]) // batch
-    order = torch.argsort(step_of, stable=True)
-    u, s, log_q = u[order], s[order], log_q[order]
-    for i in range(0, n, batch):
-        rows = slice((1 + nu) * i, (1 + nu) * min(i + batch, n))
-        yield u[rows], s[rows], log_q[rows]
-
-
-def data_batches(x_train, batch):
-    """One epoch's data in a fresh random order, a batch at a time (fce draws its noise step by step)."""
-    perm = torch.randperm(len(x_train), device=x_train.device)
-    for i in range(0, len(x_train), batch):
-        yield x_train[perm[i:i + batch]]
-
-
-def train_step(energy, params, adam, u, s, log_q, nu, lr, b1, b2):
-    """One NCE step: the gradient of -V(θ) on a batch of data and noise, then Adam. No host sync. Returns
-    the batch's s·G(u), for step_values."""
-    s_logit = nce_backward(energy, u, s, log_q, nu)
-    optim.adam_step(params, adam, lr, b1, b2)
-    return s_logit
-
-
-def fce_step(energy, params, adam, flow_params, flow_adam, noise, x, nu, lr, flow_lr, b1, b2, threshold):
-    """One step of Flow Contrastive Estimation: fce_backward's gradients, then Adam on the EBM and, on the flow's
-    turn, on the flow. Returns s·G(u), for step_values, and whether the flow stepped."""
-    s_logit, flow_turn = fce_backward(energy, noise, x, nu, threshold)
-    if flow_turn:
-        optim.adam_step(flow_params, flow_adam, flow_lr, b1, b2)
-    optim.adam_step(params, adam, lr, b1, b2)
-    return s_logit, flow_turn
 
 
 def network_kwargs(cfg):
@@ -277,9 +241,11 @@ def stop_interrupted(args, history, end):
 
 def summary(args, history, start, end):
     last = history[-1]
-    out = f'done: {args.dataset}, epochs {start}..{end - 1}, value {last["value"]:.4f}, acc {last["acc"]:.3f}'
+    out = f'done: {args.dataset}, epochs {start}..{end - 1}, value {last["value"]:.4f}'
+    out += f', acc {last["acc"]:.3f}' if last['acc'] is not None else ''
     if last['nll'] is not None:
-        out += f', c {last["c"]:.3f}, log Z {last["log_z"]:.3f}, test NLL {last["nll"]:.4f}'
+        out += f', c {last["c"]:.3f}' if last['c'] is not None else ''
+        out += f', log Z {last["log_z"]:.3f}, test NLL {last["nll"]:.4f}'
         out += f', KL {last["kl"]:.4f}' if last['kl'] is not None else ''
         out += f', flow KL {last["flow_kl"]:.4f}' if last.get('flow_kl') is not None else ''
         out += f', flow steps {last["flow_steps"]}' if last.get('flow_steps') is not None else ''
@@ -325,37 +291,31 @@ def run(args):
         import plot
         frame = plot.Frame(x_train, noise)
     q_flow = noise.flow if learned(args) else None
-    flow_params = list(q_flow.parameters()) if q_flow else None
-    flow_steps = history[-1].get('flow_steps') if history else 0
-    print(f'NCE on {args.dataset}: {args.samples} samples, {sum(p.numel() for p in params)} parameters, '
-          f'nu={args.nu}, noise={args.noise}, device={device}, epochs {start}..{end - 1}')
+    saved = ckpt.get('method_state') or {} if ckpt else {}
+    if ckpt and args.noise == 'fce' and 'flow_steps' not in saved:     # a checkpoint from before --method
+        saved = dict(flow_steps=history[-1]['flow_steps'])
+    method = methods.build(args, energy, noise, x_train, log_q_train, adam, flow_adam, saved)
+    about = f'nu={args.nu}, noise={args.noise}' if args.method in methods.SERVES['noise'] else f'method {args.method}'
+    print(f'{"NCE" if args.method == "nce" else args.method} on {args.dataset}: {args.samples} samples, '
+          f'{sum(p.numel() for p in params)} parameters, {about}, device={device}, epochs {start}..{end - 1}')
 
     pbar = tqdm(range(start, end), unit='epoch', dynamic_ncols=True)
     try:
         for epoch in pbar:
             t0 = time.time()
-            logits = []
-            if args.noise == 'fce':
-                for i, x in enumerate(data_batches(x_train, args.batch)):
-                    s_logit, flow_turn = fce_step(energy, params, adam, flow_params, flow_adam, noise, x, args.nu,
-                                                  lr_at(epoch * steps + i), args.flow_lr, args.b1, args.b2, args.fce_threshold)
-                    logits.append(s_logit)
-                    flow_steps += flow_turn
-            else:
-                for i, batch in enumerate(batches(x_train, log_q_train, noise, args.nu, args.batch)):
-                    logits.append(train_step(energy, params, adam, *batch, args.nu, lr_at(epoch * steps + i), args.b1, args.b2))
-            losses, accs = step_values(logits, args.nu)
+            records = [method.step(batch, lr_at(epoch * steps + i)) for i, batch in enumerate(method.batches())]
+            losses, accs = method.values(records)
             # one host sync per epoch: the step losses are checked here, not in the step
             bad = (~losses.isfinite()).nonzero()
             if len(bad):
                 kept = f'{args.ckpt} still holds epoch {history[-1]["epoch"]}' if history else 'this run wrote no checkpoint'
                 fail(f'non-finite loss at epoch {epoch}, step {bad[0].item()}; stopped ({kept})')
-            row = dict(epoch=epoch, value=losses.mean().item(), acc=accs.mean().item(), c=None, log_z=None, nll=None, kl=None,
-                       flow_nll=None, flow_kl=None, flow_steps=flow_steps if args.noise == 'fce' else None)
+            row = dict(epoch=epoch, value=losses.mean().item(), acc=None if accs is None else accs.mean().item(), c=None,
+                       log_z=None, nll=None, kl=None, flow_nll=None, flow_kl=None, flow_steps=method.state.get('flow_steps'))
             log_p = None
             if exact and (epoch - start + 1) % args.eval_every == 0:
                 metrics, log_p = exact(energy, q_flow)
-                row.update(metrics)
+                row.update(metrics, c=metrics['c'] if args.method in methods.LEARNS_C else None)   # a c that is not learned is blank
             if not args.no_plot:
                 frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch),
                            noise if args.noise == 'fce' else None)
@@ -363,7 +323,8 @@ def run(args):
             with files.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
                 history.append(row)
                 state = dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
-                             epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history, streams=streams)
+                             epoch=epoch, args=vars(args), rng=files.get_rng_state(), history=history, streams=streams,
+                             method_state=method.state)
                 if q_flow is not None:
                     state.update(flow=q_flow.state_dict(), flow_optimizer=flow_adam)
                 files.save_checkpoint(state, args.ckpt)

@@ -1,4 +1,10 @@
-"""The NCE objective: the value V(θ), its gradient written out for the training step, and the steps' values."""
+"""The NCE objective: the value V(θ), its gradient written out for the training step, and the steps' values; and
+NCE's family (ranking, conditional and eNCE) with importance-sampling maximum likelihood, each loss with its gradient
+in log p̃_θ at the batch's points, which EBM.log_p_and_backward carries to the weights.
+
+The family's batches are laid out as train.py's: n data points, then ν noise points per data point, those of data
+point i in rows n + iν .. n + iν + ν - 1. Each loss returns (loss, dL/d log p̃ at every row, accuracy or None); the
+loss is written with differentiable ops, so tests can check the gradient against autograd."""
 import math
 
 import torch
@@ -79,3 +85,72 @@ def fce_backward(energy, noise, x, nu, threshold):
     if flow_turn:
         flow_backward(-grad_u, grad_log_p)                  # dV/du; dV/d log q = -dV/dG = d(-V)/dG
     return s_logit, flow_turn
+
+
+def rows(g, nu):
+    """A value per row of a batch as an n × (1 + ν) matrix: data point i, then its ν noise points."""
+    n = len(g) // (1 + nu)
+    return torch.cat([g[:n, None], g[n:].view(n, nu)], 1)
+
+
+def unrows(m):
+    """rows' inverse: the data column, then the noise row by row."""
+    return torch.cat([m[:, 0], m[:, 1:].flatten()])
+
+
+def rank_loss(log_p, log_q, nu):
+    """Ranking NCE (Ma & Collins 2018): each data point is told from its own ν noise points by a softmax over the
+    1 + ν points of G = log p̃_θ - log q,
+
+        L = -(1/n) Σ_i log softmax_j(G_ij)_{j=0},       dL/dG_ij = (softmax_ij - [j = 0]) / n.
+
+    c is the same in every G of a row, so it cancels: ranking NCE learns no normaliser. The accuracy: the share of
+    data points that score above all their noise points."""
+    g = rows(log_p - log_q, nu)
+    log_soft = g.log_softmax(1)
+    grad = log_soft.detach().exp()
+    grad[:, 0] -= 1
+    return -log_soft[:, 0].mean(), unrows(grad) / len(g), (g.detach().argmax(1) == 0).float().mean()
+
+
+def ence_loss(log_p, log_q, nu):
+    """eNCE (Liu, Rosenfeld, Ravikumar & Risteski, ICLR 2022): NCE with the exponential loss in place of the logistic
+    one, with G = log p_θ - log q - log ν as in value() (p_θ with its learnable c),
+
+        L = E_data exp(-G/2) + ν E_noise exp(G/2) = (1/n) Σ_u exp(-s G(u)/2),   dL/dG(u) = -(s/2) exp(-s G(u)/2) / n,
+
+    s = +1 on data and -1 on noise. Pointwise p_data e^{-G/2} + ν q e^{G/2} is least at e^G = p_data/(ν q), so the
+    minimum is p_θ = p_data with c = log Z, as NCE's. The paper pairs it with normalized gradient descent (--optim ngd)."""
+    n = len(log_p) // (1 + nu)
+    s = torch.cat([log_p.new_ones(n), -log_p.new_ones(nu * n)])
+    s_logit = s * (log_p - log_q - math.log(nu))
+    e = torch.exp(-s_logit / 2)
+    return e.sum() / n, -(s / 2) * e.detach() / n, (s_logit.detach() > 0).float().mean()
+
+
+def is_loss(log_p, log_q, nu):
+    """Importance-sampling maximum likelihood (Geyer 1994), the Monte Carlo MLE of Gutmann & Hyvärinen (2012): the
+    data's negative log-likelihood with Z(θ) estimated from the νn noise draws x̃ ~ q,
+
+        L = -(1/n) Σ_i log p̃_θ(x_i) + log (1/νn) Σ_j p̃_θ(x̃_j)/q(x̃_j),
+        dL/d log p̃ = -1/n at data,  w_j = softmax_j(log p̃_θ(x̃_j) - log q(x̃_j)) at noise.
+
+    c cancels (its two terms' gradients sum to 0): no normaliser is learned. No accuracy."""
+    n = len(log_p) // (1 + nu)
+    w = log_p[n:] - log_q[n:]
+    loss = -log_p[:n].mean() + torch.logsumexp(w, 0) - math.log(nu * n)
+    return loss, torch.cat([log_p.new_full((n,), -1 / n), w.detach().softmax(0)]), None
+
+
+def cnce_loss(log_p, nu):
+    """Conditional NCE (Ceylan & Gutmann 2018): each data point x_i is told from ν noisy copies y_ij = x_i + εξ,
+    ξ ~ N(0, I). The noise is symmetric, so the log-ratio of the two orders is G_ij = log p̃_θ(x_i) - log p̃_θ(y_ij):
+    no noise density, and c cancels. The logistic loss of telling (x, y) from (y, x),
+
+        L = (1/nν) Σ_ij log(1 + exp(-G_ij)),    dL/dG_ij = -σ(-G_ij) / nν,
+
+    goes to log p̃_θ(x_i) with that sign and to log p̃_θ(y_ij) with the other. Accuracy: the share of G_ij > 0."""
+    g = rows(log_p, nu)
+    g = g[:, :1] - g[:, 1:]
+    d = -torch.sigmoid(-g.detach()) / g.numel()
+    return F.softplus(-g).mean(), unrows(torch.cat([d.sum(1, keepdim=True), -d], 1)), (g.detach() > 0).float().mean()

@@ -25,6 +25,12 @@ class GaussEnergy(nn.Module):
         z = (x.to(self.mu.dtype) - self.mu) @ self.chol.tril()
         return (-0.5 * (z ** 2).sum(1, keepdim=True) - self.c).to(x.dtype)
 
+    def score(self, x, scale=1.0):
+        """scale · ∇ₓ log p, by autograd, for Langevin dynamics (EBM.score's counterpart)."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            return scale * torch.autograd.grad(self(x).sum(), x)[0]
+
     def log_z(self):
         return math.log(2 * math.pi) - self.chol.diagonal().abs().log().sum().item()
 

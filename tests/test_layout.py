@@ -9,7 +9,8 @@ LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
     'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files'}, 'memory': {'noise'},
     'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim'},
-    'train': {'util', 'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume'},
+    'likelihood': set(), 'score': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
+    'train': {'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
 }
 
 

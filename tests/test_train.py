@@ -50,20 +50,25 @@ def test_two_epochs_write_frames_checkpoint_metrics_and_resume_continues(run, tm
     assert [r['epoch'] for r in metrics(tmp_path / 'ckpts/metrics.csv')] == ['0', '1', '2', '3']
 
 
-def test_resume_is_exact_and_the_seed_fixes_the_run(run, tmp_path):
+def train_here(*argv):
+    """python train.py ARGV, in this process (the tests that run it as a script are above and below)."""
+    import train
+    train.main(train.get_args([str(a) for a in argv]))
+
+
+def test_resume_is_exact_and_the_seed_fixes_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     a, b, c = (['--ckpt', f'{d}/nce.pth.tar', '--images', d, *SMALL] for d in ('a', 'b', 'c'))
-    assert run('train.py', '--epoch', 3, *a).returncode == 0
-    assert run('train.py', '--epoch', 2, *b).returncode == 0
-    p = run('train.py', '--resume', '--epoch', 1, *b)
-    assert p.returncode == 0, p.stderr
-    assert run('train.py', '--epoch', 3, *c).returncode == 0
+    train_here('--epoch', 3, *a)
+    train_here('--epoch', 2, *b)
+    train_here('--resume', '--epoch', 1, *b)
+    train_here('--epoch', 3, *c)
     ka, kb = load_checkpoint(tmp_path / 'a/nce.pth.tar'), load_checkpoint(tmp_path / 'b/nce.pth.tar')
     assert all(torch.equal(ka['energy'][k], kb['energy'][k]) for k in ka['energy'])
     assert metrics(tmp_path / 'a/metrics.csv') == metrics(tmp_path / 'b/metrics.csv') == metrics(tmp_path / 'c/metrics.csv')
     for i in range(3):
         assert digest(tmp_path / f'a/epoch_{i}.png') == digest(tmp_path / f'b/epoch_{i}.png')
-    d = ['--ckpt', 'd/nce.pth.tar', '--images', 'd', '--seed', 1, *SMALL]
-    assert run('train.py', '--epoch', 3, *d).returncode == 0
+    train_here('--ckpt', 'd/nce.pth.tar', '--images', 'd', '--seed', 1, '--epoch', 3, *SMALL)
     assert metrics(tmp_path / 'a/metrics.csv') != metrics(tmp_path / 'd/metrics.csv')
 
 
@@ -105,21 +110,28 @@ def test_bad_arguments_end_to_end_write_nothing(run, tmp_path, args):
     assert os.listdir(tmp_path) == []
 
 
-def test_resume_refuses_missing_corrupt_and_mismatched_checkpoints(run, tmp_path):
-    assert_one_line_error(p := run('train.py', '--resume'))
-    assert 'no checkpoint at ckpts/nce.pth.tar' in p.stderr
-    assert run('train.py', '--epoch', 1, '--eval-every', 0, '--no-plot', *SMALL).returncode == 0
+def refused_here(capsys, *argv):
+    """train.py ARGV in this process: exit 2 and one 'error:' line; returns it."""
+    with pytest.raises(SystemExit) as e:
+        train_here(*argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and ': error: ' in err[-1], err
+    return err[-1]
+
+
+def test_resume_refuses_missing_corrupt_and_mismatched_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert 'no checkpoint at ckpts/nce.pth.tar' in refused_here(capsys, '--resume')
+    train_here('--epoch', 1, '--eval-every', 0, '--no-plot', *SMALL)
     ck = tmp_path / 'ckpts/nce.pth.tar'
     before = digest(ck)
     for args, word in ((('--dataset', 'rings'), 'dataset'), (('--hidden', 64), 'network'), (('--preset', 'strong'), 'preset'),
-                       (('--samples', 500, '--batch', 100), 'samples')):
-        p = run('train.py', '--resume', '--epoch', 1, '--no-plot', *SMALL[2:], *(SMALL[:2] if '--samples' not in args else ()), *args)
-        assert_one_line_error(p)
-        assert word in p.stderr and 'nce.pth.tar' in p.stderr
+                       (('--samples', 500, '--batch', 100), 'samples'), (('--method', 'rank'), 'method'), (('--optim', 'ngd'), 'optim')):
+        err = refused_here(capsys, '--resume', '--epoch', 1, '--no-plot', *SMALL[2:], *(SMALL[:2] if '--samples' not in args else ()), *args)
+        assert word in err and 'nce.pth.tar' in err
         assert digest(ck) == before
     (tmp_path / 'ckpts/broken.pth.tar').write_bytes(b'not a checkpoint at all')
-    assert_one_line_error(p := run('train.py', '--resume', '--ckpt', 'ckpts/broken.pth.tar', *SMALL))
-    assert 'broken.pth.tar' in p.stderr
+    assert 'broken.pth.tar' in refused_here(capsys, '--resume', '--ckpt', 'ckpts/broken.pth.tar', *SMALL)
 
 
 class Exploit:
@@ -240,13 +252,13 @@ def test_ctrl_c_while_the_checkpoint_is_written_names_the_epoch_it_holds(tmp_pat
 
 
 def test_an_epoch_of_batches_uses_every_point_once_with_nu_noise_samples_each():
-    import train
+    import methods
     from data import sample_2d_data
     from noise import make_noise
     torch.manual_seed(0)
     x = sample_2d_data('moons', 250, torch.Generator().manual_seed(0))
     noise = make_noise('gaussian', x)
-    steps = list(train.batches(x, noise.log_prob(x), noise, 3, 100))
+    steps = list(methods.batches(x, noise.log_prob(x), noise, 3, 100))
     assert [(len(u), len(s), len(q)) for u, s, q in steps] == [(400, 400, 400), (400, 400, 400), (200, 200, 200)]
     for u, s, log_q in steps:          # n data, then 3n noise samples, with their labels and log q
         n = len(u) // 4
