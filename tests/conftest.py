@@ -4,8 +4,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import torch.nn as nn
+
+# one thread a test process, and for the scripts the tests start: `pytest -n auto` runs a process per core, and two
+# threads in each would fight over the cores (the suite takes 3 minutes so on 2 cores, 5 with threads contending)
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
