@@ -9,7 +9,7 @@ LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
     'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files'}, 'memory': {'noise'},
     'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim'},
-    'likelihood': set(), 'score': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
+    'likelihood': set(), 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
     'train': {'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
 }
 

@@ -34,6 +34,7 @@ def tiny(tmp_path_factory):
 
 def test_a_tiny_run_writes_a_row_per_dataset_method_and_seed(tiny):
     import results
+    import tables
     table = rows(tiny)
     assert list(table[0]) == list(results.COLUMNS)
     assert [(r['method'], r['seed']) for r in table] == [(m, s) for m in results.DEFAULT_METHODS for s in ('0', '1')]
@@ -47,7 +48,7 @@ def test_a_tiny_run_writes_a_row_per_dataset_method_and_seed(tiny):
     assert table[0]['nll'] != table[1]['nll'] and table[0]['H'] != table[1]['H']
     # the README's table is read from the rows: mean ± sd over the two seeds of each method
     kl = [float(r['kl']) for r in table if r['method'] == 'kde']
-    line = next(line for line in results.results_table(results.read_csv(tiny), '0 to 1').splitlines() if line.startswith('| 8gaussians'))
+    line = next(line for line in tables.results_table(results.read_csv(tiny), '0 to 1', 256, 16, 1).splitlines() if line.startswith('| 8gaussians'))
     assert line.count('±') == 8 and line.rstrip(' |').endswith(f'{sum(kl) / 2:.3f} ± {abs(kl[0] - kl[1]) / 2**0.5:.3f}')
 
 
@@ -71,14 +72,14 @@ def test_two_shards_merged_are_the_unsharded_run(tmp_path, monkeypatch):
 
 
 def test_the_tables_mark_only_differences_the_seeds_support():
-    import results
+    import tables
     row = lambda m, s, kl: dict(dataset='rings', method=m, seed=s, kl=kl)
     clear = [row('strong-10k', s, 0.01 + 0.001 * s) for s in range(5)] + [row('gmm', s, 0.30 + 0.002 * s) for s in range(5)]
     noisy = [row('strong-10k', s, 0.1 + 0.05 * (-1) ** s) for s in range(5)] + [row('kde', s, 0.1) for s in range(5)]
-    assert results.paired(clear, 'rings', 'strong-10k', 'gmm')[2]
-    assert not results.paired(noisy, 'rings', 'strong-10k', 'kde')[2]
-    assert results.verdict(clear + noisy, 'strong-10k', 'gmm') == 'lower on rings'
-    assert results.verdict(clear + noisy, 'strong-10k', 'kde') == 'no difference shown on rings'
+    assert tables.paired(clear, 'rings', 'strong-10k', 'gmm')[2]
+    assert not tables.paired(noisy, 'rings', 'strong-10k', 'kde')[2]
+    assert tables.verdict(clear + noisy, 'strong-10k', 'gmm') == 'lower on rings'
+    assert tables.verdict(clear + noisy, 'strong-10k', 'kde') == 'no difference shown on rings'
 
 
 @pytest.mark.parametrize('args', [('--shard', '2/2'), ('--shard', '1'), ('--shard', 'a/b'), ('--shard', '-1/2'),

@@ -158,8 +158,11 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run, t
 
 
 def start(tmp_path, *args):
+    """train.py ARGS in the background, with Ctrl-C's default meaning restored: a shell that starts the tests in the
+    background (or a test runner's worker) may ignore SIGINT, and its children would inherit that."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *map(str, args)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path, timeout=60):

@@ -1,0 +1,181 @@
+"""The tables of results.py's rows: mean ± sd over seeds, and a difference claimed only where a paired t-test across
+seeds supports it (two-sided, 95%). Each function takes the rows (dicts, as results.read_csv gives them) and returns
+a Markdown table or sentence; put() writes one between the markers of a document."""
+import numpy as np
+
+import files
+from data import DATASETS
+
+
+def cells(rows, dataset, method, col):
+    """A column's values for one dataset and method, seed by seed."""
+    return [r[col] for r in sorted(rows, key=lambda r: r['seed']) if r['dataset'] == dataset and r['method'] == method
+            and r[col] is not None]
+
+
+def mean_sd(values, digits=3):
+    if not values:
+        return ''
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
+def paired(rows, dataset, a, b, col='kl'):
+    """Mean and sd of a − b over the seeds both have, and whether a paired t-test (two-sided, 95%) tells them apart."""
+    from scipy import stats
+    va = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == a}
+    vb = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == b}
+    d = np.array([va[s] - vb[s] for s in sorted(va.keys() & vb.keys())])
+    if len(d) < 2:
+        return None
+    sd = d.std(ddof=1)
+    significant = sd == 0 and d.mean() != 0 or sd > 0 and stats.ttest_1samp(d, 0).pvalue < 0.05
+    return d.mean(), sd, bool(significant)
+
+
+def verdict(rows, a, b, col='kl'):
+    """Where a is lower than b, higher, and neither, over the datasets both have, as one sentence."""
+    lower, higher, same = [], [], []
+    for d in DATASETS:
+        p = paired(rows, d, a, b, col)
+        if p:
+            (lower if p[2] and p[0] < 0 else higher if p[2] else same).append(d)
+    parts = [f'lower on {", ".join(lower)}' if lower else '', f'higher on {", ".join(higher)}' if higher else '',
+             f'no difference shown on {", ".join(same)}' if same else '']
+    return '; '.join(p for p in parts if p)
+
+
+def results_table(rows, seeds, strong_samples, base_samples, fair_epochs):
+    has = lambda m: any(r['method'] == m for r in rows)
+    cols = [(m, t) for m, t in (('nce', 'NCE'), ('strong', 'strong'), ('strong-10k', 'strong 10k'), ('mle', 'exact MLE'),
+                                ('gmm', 'GMM'), ('kde', 'KDE')) if has(m)]
+    head = ['dataset', 'H']
+    for m, title in cols:
+        head += [title] + (['gap'] if m in ('nce', 'strong') else []) + (['wall'] if m == 'strong' else [])
+    table = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for d in DATASETS:
+        if not any(r['dataset'] == d for r in rows):
+            continue
+        line = [d, f'{np.mean(cells(rows, d, cols[0][0], "H")):.3f}']
+        for m, _ in cols:
+            line += [mean_sd(cells(rows, d, m, 'kl'))] + ([mean_sd(cells(rows, d, m, 'gap'))] if m in ('nce', 'strong') else [])
+            line += [f'{np.mean(cells(rows, d, m, "seconds")):.0f} s'] if m == 'strong' else []
+        table.append('| ' + ' | '.join(line) + ' |')
+    table += ['', f'KL = test NLL − H and gap = |c − log Z| (nats), mean ± sd over seeds {seeds} (`train.py --seed s`). '
+              f'strong draws {strong_samples} samples; the rest, strong 10k ({fair_epochs} epochs) too, the seed\'s '
+              f'{base_samples}. wall: one thread. Claims need a paired t-test across seeds (95%; '
+              '[docs/results.md](docs/results.md)):', '']
+    for a, b, what in (('nce', 'mle', 'NCE against exact MLE, same network and steps'),
+                       ('strong-10k', 'gmm', 'Strong 10k against the GMM'), ('strong-10k', 'kde', 'Strong 10k against the KDE'),
+                       ('strong', 'strong-10k', 'Strong on 100000 samples against 10000')):
+        if has(a) and has(b):
+            table.append(f'- {what}: KL {verdict(rows, a, b)}.')
+    return '\n'.join(table)
+
+
+def comparison_rows(rows):
+    """The strong preset against the baselines, dataset by dataset: paired KL differences, mean ± sd over seeds."""
+    table = ['| dataset | strong (100000) − GMM | strong (10000) − GMM | strong (10000) − KDE |', '|---|---|---|---|']
+    for d in DATASETS:
+        out = []
+        for a, b in (('strong', 'gmm'), ('strong-10k', 'gmm'), ('strong-10k', 'kde')):
+            p = paired(rows, d, a, b)
+            out.append('' if p is None else f'{p[0]:+.4f} ± {p[1]:.4f}' + (' *' if p[2] else ''))
+        if any(out):
+            table.append(f'| {d} | ' + ' | '.join(out) + ' |')
+    table += ['', 'KL differences in nats, paired by seed (mean ± sd); negative: the strong preset is closer to the '
+              'data. * marks a difference a paired t-test across seeds finds (two-sided, 95%).']
+    return '\n'.join(table)
+
+
+def noise_of(rows, method):
+    return next(r['noise'] for r in rows if r['method'] == method)
+
+
+def noise_table(rows):
+    methods = [m for m in ('nce', 'nce-fit', 'nce-gmm') if any(r['method'] == m for r in rows)]
+    shown = [d for d in DATASETS if any(r['dataset'] == d and r['method'] in methods for r in rows)]
+    table = ['| noise | ' + ' | '.join(shown) + ' |', '|---|' + '---|' * len(shown)]
+    for m in methods:
+        line = []
+        for d in shown:
+            p = paired(rows, d, m, 'nce') if m != 'nce' else None
+            line.append(mean_sd(cells(rows, d, m, 'kl')) + (' *' if p and p[2] else ''))
+        table.append(f'| `{noise_of(rows, m)}` | ' + ' | '.join(line) + ' |')
+    table += ['', 'KL (nats) after the default 50 epochs (ν = 1), mean ± sd over seeds. * marks a noise whose KL differs '
+              'from the original N(0, 4I) by a paired t-test across seeds (two-sided, 95%).']
+    for m in methods[1:]:
+        table.append(f'- `{noise_of(rows, m)}` against `gaussian`: KL {verdict(rows, m, "nce")}.')
+    return '\n'.join(table)
+
+
+def flow_tables(rows):
+    """The learned-noise tables (docs/flow.md): the EBM's KL and |c - log Z| with each noise, what FCE closes of NCE's
+    gap to exact MLE, the broad part's effect, the flows themselves and the wall time; at the original budget and
+    with the strong preset's network. Every claim from a paired t-test across seeds."""
+    has = lambda m: any(r['method'] == m for r in rows)
+    shown = [d for d in DATASETS if any(r['dataset'] == d and r['method'] == 'fce' for r in rows)]
+    cell = lambda d, m, col='kl': mean_sd(cells(rows, d, m, col))
+    star = lambda d, a, b: ' *' if (p := paired(rows, d, a, b)) and p[2] else ''
+    wall = lambda d, m: np.mean(cells(rows, d, m, 'seconds')) if cells(rows, d, m, 'seconds') else float('nan')
+    out = ['**The EBM** (original network and budget, 5000 EBM updates): KL (nats); * marks a KL that differs from NCE '
+           "with N(0, 4I) by a paired t-test. closed: the share of NCE's KL gap to exact MLE that FCE closes, "
+           '(NCE − FCE) / (NCE − MLE) on the means, where that gap is larger than the spread (a paired t-test).', '',
+           '| dataset | exact MLE | NCE, N(0, 4I) | NCE, flow | FCE | closed | gap NCE | gap flow | gap FCE |',
+           '|---|---|---|---|---|---|---|---|---|']
+    for d in shown:
+        p = paired(rows, d, 'nce', 'mle')
+        gap = p and p[2] and p[0] > 0
+        nce_kl, fce_kl, mle_kl = (np.mean(cells(rows, d, m, 'kl')) for m in ('nce', 'fce', 'mle'))
+        closed = f'{(nce_kl - fce_kl) / (nce_kl - mle_kl):.0%}' if gap else 'no gap shown'
+        out.append(f'| {d} | {cell(d, "mle")} | {cell(d, "nce")} | {cell(d, "nce-flow")}{star(d, "nce-flow", "nce")} | '
+                   f'{cell(d, "fce")}{star(d, "fce", "nce")} | {closed} | {cell(d, "nce", "gap")} | {cell(d, "nce-flow", "gap")} | '
+                   f'{cell(d, "fce", "gap")} |')
+    out += ['', 'gap: |c − log Z| (nats).', '']
+    for a, b, what in (('fce', 'nce', 'FCE against NCE with N(0, 4I)'), ('nce-flow', 'nce', 'NCE with the fixed flow against N(0, 4I)'),
+                       ('fce', 'nce-flow', 'FCE against NCE with the fixed flow'), ('fce', 'mle', 'FCE against exact MLE')):
+        if verdict(rows, a, b):
+            out.append(f'- {what}: KL {verdict(rows, a, b)}.')
+    if has('nce-flow-narrow'):
+        out += ['', "**The broad part**: NCE with the fixed flow mixed with 10% of N(0, 4I) (as shipped) and with the flow "
+                'alone (`--flow-broad 0`); KL and gap = |c − log Z| (nats).', '',
+                '| dataset | KL, mixed | KL, flow alone | gap, mixed | gap, flow alone |', '|---|---|---|---|---|']
+        for d in shown:
+            out.append(f'| {d} | {cell(d, "nce-flow")} | {cell(d, "nce-flow-narrow")} | {cell(d, "nce-flow", "gap")} | '
+                       f'{cell(d, "nce-flow-narrow", "gap")} |')
+        out += ['', f'- The mixture against the flow alone: KL {verdict(rows, "nce-flow", "nce-flow-narrow")}; gap '
+                f'{verdict(rows, "nce-flow", "nce-flow-narrow", "gap")}.']
+    out += ['', "**The flows and the time**: KL(p_data ‖ q_φ) of the flow alone (nats): fitted by MLE for `--flow-fit` 5000 "
+            "steps (NCE, flow), trained by FCE, and the same flow fitted by MLE for as many steps as FCE's flow took. wall: "
+            'seconds a run on one thread, FCE against NCE with N(0, 4I) of the same seeds.', '',
+            "| dataset | MLE flow | FCE flow | MLE flow, FCE's steps | FCE − that | FCE flow steps | wall NCE | wall flow | wall FCE | FCE / NCE |",
+            '|---|---|---|---|---|---|---|---|---|---|']
+    for d in shown:
+        fce_rows = [r for r in rows if r['dataset'] == d and r['method'] == 'fce']
+        diff = [r['flow_kl'] - r['flow_mle_kl'] for r in fce_rows]
+        out.append(f'| {d} | {cell(d, "nce-flow", "flow_kl")} | {cell(d, "fce", "flow_kl")} | {cell(d, "fce", "flow_mle_kl")} | '
+                   f'{mean_sd(diff)} | {mean_sd(cells(rows, d, "fce", "flow_steps"), 0)} | {wall(d, "nce"):.1f} s | '
+                   f'{wall(d, "nce-flow"):.1f} s | {wall(d, "fce"):.1f} s | {wall(d, "fce") / wall(d, "nce"):.1f}x |')
+    if has('strong-10k-fce'):
+        out += ['', "**The strong preset's network** on the seed's 10000 samples (1280 EBM updates, as the results table's "
+                'strong 10k): KL and gap (nats), wall (s).', '',
+                '| dataset | N(0, 4I) | flow | FCE | gap N(0, 4I) | gap FCE | FCE flow KL | wall N(0, 4I) | wall FCE |',
+                '|---|---|---|---|---|---|---|---|---|']
+        for d in shown:
+            out.append(f'| {d} | {cell(d, "strong-10k")} | {cell(d, "strong-10k-flow")}{star(d, "strong-10k-flow", "strong-10k")} | '
+                       f'{cell(d, "strong-10k-fce")}{star(d, "strong-10k-fce", "strong-10k")} | {cell(d, "strong-10k", "gap")} | '
+                       f'{cell(d, "strong-10k-fce", "gap")} | {cell(d, "strong-10k-fce", "flow_kl")} | {wall(d, "strong-10k"):.1f} s | '
+                       f'{wall(d, "strong-10k-fce"):.1f} s |')
+        out += ['', f'- FCE against N(0, 4I), strong network: KL {verdict(rows, "strong-10k-fce", "strong-10k")}.',
+                f'- The fixed flow against N(0, 4I), strong network: KL {verdict(rows, "strong-10k-flow", "strong-10k")}.']
+    return '\n'.join(out)
+
+
+def put(path, name, text):
+    """Replace the text between <!-- name:start --> and <!-- name:end --> in path, if both are there."""
+    doc = open(path).read()
+    start, end = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+    if start in doc and end in doc:
+        head, rest = doc.split(start)
+        files.write_text(path, head + start + '\n' + text + '\n' + end + rest.split(end)[1])
