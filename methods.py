@@ -14,18 +14,17 @@ from likelihood import cd_loss, langevin, mle_loss, mle_nodes
 from score import dsm_loss, sm_loss_mlp
 from util import cnce_loss, ence_loss, fce_backward, is_loss, nce_backward, rank_loss, step_values
 
-METHODS = {     # --method: one line for --help
-    'nce': 'noise contrastive estimation (Gutmann & Hyvärinen 2010), the default: logistic regression of the data '
-           'against ν noise draws per point from --noise q; learns c = log Z',
-    'rank': 'ranking NCE (Ma & Collins 2018): each data point against its ν noise draws by a softmax; no c',
-    'cnce': 'conditional NCE (Ceylan & Gutmann 2018): each data point against ν noisy copies x + εξ; no q and no c',
-    'ence': 'eNCE (Liu et al. 2022): NCE with the exponential loss; learns c; its paper pairs it with --optim ngd',
-    'is': 'importance-sampling maximum likelihood (Geyer 1994): log Z estimated from the noise draws; no c',
-    'mle': 'exact maximum likelihood: log Z by quadrature on a shifted 48x48 grid at every step; no c',
-    'sm': 'score matching (Hyvärinen 2005), exact in 2D: needs a smooth --act (not leaky_relu); no c',
-    'dsm': 'denoising score matching (Vincent 2011) at noise scale --sigma; no c',
-    'cd': 'contrastive divergence (Hinton 2002): --langevin-steps Langevin steps started at the data; no c',
-    'pcd': 'persistent contrastive divergence (Tieleman 2008): Langevin chains kept from step to step; no c',
+METHODS = {     # --method: one line each for --help
+    'nce': 'noise contrastive estimation (Gutmann & Hyvärinen 2010), the default; learns c',
+    'rank': 'ranking NCE (Ma & Collins 2018): a softmax over each point and its ν noise draws',
+    'cnce': 'conditional NCE (Ceylan & Gutmann 2018): each point against noisy copies x + εξ',
+    'ence': 'eNCE (Liu et al. 2022): NCE with the exponential loss; learns c; pair with --optim ngd',
+    'is': 'importance-sampling maximum likelihood (Geyer 1994): log Z from the noise draws',
+    'mle': 'exact maximum likelihood: log Z by quadrature on a shifted 48x48 grid every step',
+    'sm': 'score matching (Hyvärinen 2005), exact in 2D; needs a smooth --act',
+    'dsm': 'denoising score matching (Vincent 2011) at noise scale --sigma',
+    'cd': 'contrastive divergence (Hinton 2002): --langevin-steps Langevin steps from the data',
+    'pcd': 'persistent contrastive divergence (Tieleman 2008): Langevin chains kept across steps',
 }
 LEARNS_C = ('nce', 'ence')                      # a learnable c; the others' c cancels and is never stepped
 CLASSIFIES = ('nce', 'rank', 'cnce', 'ence')    # a classifier, with an accuracy in metrics.csv
@@ -42,7 +41,7 @@ SMOOTH = ('silu', 'gelu', 'softplus', 'tanh')
 
 def add_args(p):
     p.add_argument('--method', default='nce', choices=METHODS, metavar='METHOD',
-                   help='the estimator: ' + '; '.join(f'{k} = {v}' for k, v in METHODS.items()))
+                   help='the estimator, one of the methods listed below (default %(default)s)')
     p.add_argument('--optim', default='adam', choices=['adam', 'ngd'],
                    help='adam (the original), or ngd: normalized gradient descent, θ -= lr g/|g| (eNCE\'s paper)')
     p.add_argument('--cnce-eps', type=float, help='cnce: the noise scale ε of y = x + εξ (default: the authors\' rule, '
@@ -52,6 +51,11 @@ def add_args(p):
     p.add_argument('--langevin-step', type=float, help='cd, pcd: step size a of x += a ∇ log p̃ + b ξ '
                    f'(default {DEFAULTS["langevin_step"]})')
     p.add_argument('--langevin-noise', type=float, help='cd, pcd: noise scale b (default √(2a), Langevin dynamics proper)')
+
+
+def epilog():
+    """--help's list of the methods, a line each (docs/estimators.md has the long story)."""
+    return 'methods (--method; only nce and ence learn c):\n' + '\n'.join(f'  {k:<5} {v}' for k, v in METHODS.items())
 
 
 def given(args):

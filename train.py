@@ -40,7 +40,8 @@ FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes 
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Noise Contrastive Estimation of an energy-based model on 2D data.')
+    p = argparse.ArgumentParser(description='Noise Contrastive Estimation of an energy-based model on 2D data.',
+                                epilog=methods.epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     # data
     p.add_argument('--dataset', default='8gaussians', choices=DATASETS, help='2D toy dataset')
     p.add_argument('--samples', type=int, help='number of training samples (preset; original 10000)')

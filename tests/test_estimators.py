@@ -255,18 +255,21 @@ def test_no_c_means_a_blank_c_and_an_exact_log_z(tmp_path, monkeypatch):
     assert ck['energy']['c'].item() == 1.0          # never stepped
 
 
-def test_a_pcd_checkpoint_without_its_chains_is_refused(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('name, damage, words', [
+    ('pcd', lambda s: s.pop('chains'), 'no chains'),
+    ('pcd', lambda s: s.update(chains=torch.zeros(7, 2)), r'has shape \(7, 2\)'),
+    ('pcd', lambda s: s.update(chains=torch.full((50, 2), math.nan)), 'non-finite'),
+    ('cnce', lambda s: s.update(eps=-1.0), "cnce's positive noise scale"),
+    ('cnce', lambda s: s.pop('eps'), "cnce's positive noise scale"),
+])
+def test_a_checkpoint_without_its_method_state_is_refused(name, damage, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    ck, _ = train_run(tmp_path, 'pcd', '--epoch', 1)
-    for damage, words in ((lambda c: c['method_state'].pop('chains'), 'no chains'),
-                          (lambda c: c['method_state'].update(chains=torch.zeros(7, 2)), r'has shape \(7, 2\)')):
-        bad = dict(ck, method_state=dict(ck['method_state']))
-        damage(bad)
-        torch.save(bad, tmp_path / 'pcd' / 'c.pth')
-        with pytest.raises(resume.Unfit, match=words):
-            resume.load(tmp_path / 'pcd' / 'c.pth', train.get_args([str(a) for a in RUN + ['--method', 'pcd', '--ckpt',
-                        tmp_path / 'pcd' / 'c.pth', '--resume', '--langevin-steps', 3]]), train.network_kwargs(dict(
-                        train.PRESETS['original'], hidden=8)))
+    ck, _ = train_run(tmp_path, name, '--epoch', 1)
+    damage(ck['method_state'])
+    torch.save(ck, tmp_path / name / 'c.pth')
+    args = train.get_args([str(a) for a in RUN + ['--method', name, '--ckpt', tmp_path / name / 'c.pth', '--resume'] + FLAGS[name]])
+    with pytest.raises(resume.Unfit, match=words):
+        resume.load(tmp_path / name / 'c.pth', args, train.network_kwargs(vars(args)))
 
 
 @pytest.mark.parametrize('argv, words', [
@@ -294,9 +297,10 @@ def test_method_flags_are_one_line_errors(argv, words, capsys):
 def test_help_lists_every_method_with_a_line(capsys):
     with pytest.raises(SystemExit):
         train.get_args(['--help'])
-    text = ''.join(capsys.readouterr().out.split())     # argparse wraps lines, at spaces and hyphens
+    lines = capsys.readouterr().out.splitlines()
     for name, line in methods.METHODS.items():
-        assert f'{name}={"".join(line.split())}' in text
+        assert f'  {name:<5} {line}' in lines
+        assert len(f'  {name:<5} {line}') <= 100
 
 
 def test_the_resume_command_of_each_method_parses_to_the_same_run(tmp_path):
