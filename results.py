@@ -6,6 +6,7 @@ $ python results.py                                   # every dataset, 5 seeds: 
 $ python results.py --methods nce-fit nce-gmm         # the noise-family table (docs/strong-preset.md), same CSV
 $ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k strong-10k-flow strong-10k-fce
                                                       # learned noise: the flow and FCE tables (docs/flow.md)
+$ python results.py --methods nce rank cnce ence is mle sm dsm cd pcd   # the estimators, and their curves in curves.csv
 $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
 $ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
 """
@@ -48,11 +49,23 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'strong-10k-flow': dict(preset='strong', noise='flow', epoch=FAIR_EPOCHS),
     'strong-10k-fce': dict(preset='strong', noise='fce', epoch=FAIR_EPOCHS),
     'mle': dict(preset='original', method='mle'),     # exact maximum likelihood, the same network, data and steps
+    # NCE's competitors and variants (docs/estimators.md), each `python train.py --method M` with its documented settings
+    'rank': dict(preset='original', method='rank'),
+    'cnce': dict(preset='original', method='cnce'),
+    'ence': dict(preset='original', method='ence'),
+    'is': dict(preset='original', method='is'),
+    'sm': dict(preset='original', method='sm', act='silu'),     # score matching needs a smooth energy
+    'dsm': dict(preset='original', method='dsm'),
+    'cd': dict(preset='original', method='cd'),
+    'pcd': dict(preset='original', method='pcd'),
     'gmm': dict(),                      # k = 1..--gmm-max-k (30) by BIC
     'kde': dict(),
 }
 DEFAULT_METHODS = ('nce', 'strong', 'strong-10k', 'mle', 'gmm', 'kde')
-COST = {'strong': 37, 'mle': 27, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
+# the estimators: evaluated at every epoch, for their curves of KL against training time (CURVES_CSV)
+ESTIMATORS = ('nce', 'rank', 'cnce', 'ence', 'is', 'mle', 'sm', 'dsm', 'cd', 'pcd')
+CURVE_COLUMNS = ('dataset', 'method', 'seed', 'epoch', 'train_seconds', 'kl', 'gap')
+COST = {'strong': 37, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
         'strong-10k': 8, 'kde': 7, 'gmm': 4}     # seconds a job on one thread: the longest go first
 COLUMNS = ('dataset', 'method', 'seed', 'nll', 'kl', 'c', 'log_z', 'gap', 'H', 'seconds',
            'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth', 'flow_kl', 'flow_steps', 'flow_mle_kl')
@@ -65,7 +78,8 @@ N_IMG = 160     # the figure's grid
 def job(dataset, method, seed, cfg):
     """Train and score one (dataset, method, seed) on one thread. Seed s draws the training data, the initialisation,
     the data order and the noise from its own streams (seeds.py) as `python train.py --seed s` does; every method of a
-    seed sees the same training data and is scored on the same held-out set. Returns the row and, for seed 0, the density on the figure's grid."""
+    seed sees the same training data and is scored on the same held-out set. Returns the row, for seed 0 the density on
+    the figure's grid, and for an estimator its curve: a row per epoch."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -83,11 +97,13 @@ def run_job(dataset, method, seed, cfg):
     x_test = sample_2d_data(dataset, train.TEST_SAMPLES, seeds.generator(streams['test']))
     H = -log_density(dataset, x_test).double().mean().item()
     row = dict(dataset=dataset, method=method, seed=seed, H=H, samples=n)
-    energy = None
+    energy, curve = None, []
     if 'preset' in spec:
         preset = train.PRESETS[spec['preset']]
         epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
-        energy, m = nce(dataset, seed, spec, n, epochs)
+        energy, m, history = nce(dataset, seed, spec, n, epochs, every=1 if method in ESTIMATORS else epochs)
+        if method in ESTIMATORS:
+            curve = curve_rows(dataset, method, seed, history)
         row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec.get('noise'))
         if spec.get('noise') == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
             reference = time.perf_counter()
@@ -110,17 +126,17 @@ def run_job(dataset, method, seed, cfg):
             image = (log_p_on(energy, window) + energy.c.detach() - row['log_z']).exp().view(N_IMG, N_IMG).numpy()
         elif method == 'kde':
             image = np.exp(kd.score_samples(window.numpy())).reshape(N_IMG, N_IMG)
-    return {k: row.get(k) for k in COLUMNS}, image
+    return {k: row.get(k) for k in COLUMNS}, image, curve
 
 
-def nce(dataset, seed, spec, n, epochs):
+def nce(dataset, seed, spec, n, epochs, every):
     """`python train.py --dataset D --seed S --preset P [--method M] [--noise Q]`, in this process, evaluated exactly at
-    its last epoch (the evaluation draws nothing, so the training is the same as with an evaluation every epoch)."""
+    its last epoch, or every `every` epochs (the evaluation draws nothing: the training is the same either way)."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, 'nce.pth.tar')
         argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--samples', str(n),
-                '--epoch', str(epochs), '--eval-every', str(epochs), '--no-plot', '--ckpt', ckpt]
-        for k in ('method', 'noise', 'flow_broad'):
+                '--epoch', str(epochs), '--eval-every', str(every), '--no-plot', '--ckpt', ckpt]
+        for k in ('method', 'noise', 'flow_broad', 'act'):
             argv += [f'--{k.replace("_", "-")}', str(spec[k])] if k in spec else []
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train.main(train.get_args(argv))
@@ -128,7 +144,18 @@ def nce(dataset, seed, spec, n, epochs):
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
     last = ck['history'][-1]
-    return energy, {k: last.get(k) for k in ('nll', 'c', 'log_z', 'flow_kl', 'flow_steps')}
+    return energy, {k: last.get(k) for k in ('nll', 'c', 'log_z', 'flow_kl', 'flow_steps')}, ck['history']
+
+
+def curve_rows(dataset, method, seed, history):
+    """A job's curve: at each epoch, its exact KL, its |c - log Z| where it learns c, and the training seconds so far,
+    the steps alone (train.py's train_seconds: no evaluation, frame or checkpoint)."""
+    seconds, out = 0.0, []
+    for h in history:
+        seconds += h['train_seconds']
+        out.append(dict(dataset=dataset, method=method, seed=seed, epoch=h['epoch'], train_seconds=seconds, kl=h['kl'],
+                        gap=abs(h['c'] - h['log_z']) if h['c'] is not None else None))
+    return out
 
 
 def flow_mle(x_train, x_test, H, streams, steps, batch):
@@ -150,14 +177,45 @@ def key(row):
     return (DATASETS.index(row['dataset']), list(METHODS).index(row['method']), int(row['seed']))
 
 
-def write_csv(rows, path):
-    rows = sorted(rows, key=key)
+def write_csv(rows, path, columns=COLUMNS):
+    rows = sorted(rows, key=lambda r: (*key(r), r.get('epoch', 0)))
     text = io.StringIO()
     w = csv.writer(text, lineterminator='\n')
-    w.writerow(COLUMNS)
+    w.writerow(columns)
     for r in rows:
-        w.writerow(['' if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in COLUMNS])
+        w.writerow(['' if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in columns])
     files.write_text(path, text.getvalue())
+
+
+def curves_path(path):
+    """Where the curves of a results CSV go: results.csv's in curves.csv, results-0-of-2.csv's in curves-0-of-2.csv,
+    x.csv's in x-curves.csv."""
+    folder, name = os.path.split(path)
+    stem = name[:-4] if name.endswith('.csv') else name
+    return os.path.join(folder, 'curves' + stem[7:] + '.csv' if stem.startswith('results') else stem + '-curves.csv')
+
+
+def read_curves(path):
+    """The rows of a curves CSV (empty if there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(rows[0]) != set(CURVE_COLUMNS):
+        raise ValueError(f'{path} is not a curves CSV of this repo')
+    num = lambda k, v: None if v == '' else int(v) if k in ('seed', 'epoch') else v if k in ('dataset', 'method') else float(v)
+    return [{k: num(k, v) for k, v in r.items()} for r in rows]
+
+
+def combine_curves(*tables):
+    """Curve rows of several tables, a later table's curve of a (dataset, method, seed) replacing an earlier one's."""
+    out = {}
+    for rows in tables:
+        jobs = {}
+        for r in rows:
+            jobs.setdefault((r['dataset'], r['method'], r['seed']), []).append(r)
+        out.update(jobs)
+    return [r for rows in out.values() for r in rows]
 
 
 def read_csv(path):
@@ -268,7 +326,7 @@ def get_args(argv=None):
         p.error(f'argument --gmm-max-k: must be in 1..100, got {args.gmm_max_k}')
     if args.samples < 16 or args.strong_samples < 256:
         p.error('argument --samples: at least 16 (the gmm noise), --strong-samples at least 256 (a strong batch)')
-    for path in [args.out] + ([] if args.no_readme else [args.figure, os.path.join(ROOT, 'README.md')]):
+    for path in [args.out, curves_path(args.out)] + ([] if args.no_readme else [args.figure, os.path.join(ROOT, 'README.md')]):
         if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
             p.error(f'cannot write {path}: {problem}')
     for path in args.merge or []:
@@ -276,6 +334,7 @@ def get_args(argv=None):
             p.error(f'argument --merge: {path} is not a regular file')
         try:
             read_csv(path)
+            read_curves(curves_path(path))
         except (OSError, ValueError, KeyError) as e:
             p.error(f'argument --merge: cannot read {path}: {e}')
     return args
@@ -286,7 +345,10 @@ def main(args):
     if args.merge:
         rows = combine(*(read_csv(f) for f in args.merge))
         write_csv(rows, args.out)
-        print(f'{len(rows)} rows from {len(args.merge)} files: {args.out}')
+        curves = combine_curves(*(read_curves(curves_path(f)) for f in args.merge))
+        if curves:
+            write_csv(curves, curves_path(args.out), CURVE_COLUMNS)
+        print(f'{len(rows)} rows from {len(args.merge)} files: {args.out}' + (f', curves {curves_path(args.out)}' if curves else ''))
         if not args.no_readme:
             print(write_docs(rows, {r['method'] for r in rows}))
         return
@@ -296,15 +358,19 @@ def main(args):
     jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short
     from joblib import Parallel, delayed
     from tqdm import tqdm
-    rows, images = [], {}
+    rows, images, curves = [], {}, []
     run = Parallel(n_jobs=args.jobs, return_as='generator_unordered')(delayed(job)(*j, cfg) for j in jobs)
-    for row, image in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
+    for row, image, curve in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
         rows.append(row)
+        curves += curve
         if image is not None:
             images[row['dataset'], row['method']] = image
     wall = time.time() - t0
     old = read_csv(args.out) if os.path.isfile(args.out) and n == 1 else []
     write_csv(combine(old, rows), args.out)
+    if curves:
+        old_curves = read_curves(curves_path(args.out)) if n == 1 else []
+        write_csv(combine_curves(old_curves, curves), curves_path(args.out), CURVE_COLUMNS)
     for m in METHODS:
         spent = [r['seconds'] for r in rows if r['method'] == m]
         if spent:

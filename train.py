@@ -311,6 +311,7 @@ def run(args):
             if len(bad):
                 kept = f'{args.ckpt} still holds epoch {history[-1]["epoch"]}' if history else 'this run wrote no checkpoint'
                 fail(f'non-finite loss at epoch {epoch}, step {bad[0].item()}; stopped ({kept})')
+            train_seconds = time.time() - t0            # the steps alone: the check above waited for them
             row = dict(epoch=epoch, value=losses.mean().item(), acc=None if accs is None else accs.mean().item(), c=None,
                        log_z=None, nll=None, kl=None, flow_nll=None, flow_kl=None, flow_steps=method.state.get('flow_steps'))
             log_p = None
@@ -320,7 +321,7 @@ def run(args):
             if not args.no_plot:
                 frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch),
                            noise if args.noise == 'fce' else None)
-            row['seconds'] = time.time() - t0
+            row.update(seconds=time.time() - t0, train_seconds=train_seconds)
             with files.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
                 history.append(row)
                 state = dict(energy=energy.state_dict(), model_kwargs=model_kwargs, optimizer=adam,
@@ -330,7 +331,7 @@ def run(args):
                     state.update(flow=q_flow.state_dict(), flow_optimizer=flow_adam)
                 files.save_checkpoint(state, args.ckpt)
                 files.write_metrics(history, metrics_path(args))
-            pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds') and v is not None})
+            pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds', 'train_seconds') and v is not None})
     except KeyboardInterrupt:
         pbar.close()
         stop_interrupted(args, history, end)

@@ -91,3 +91,27 @@ def test_bad_arguments_are_one_line_errors(args, tmp_path, monkeypatch, capsys):
     (tmp_path / 'bad.csv').write_text('a,b\n1,2\n')
     refused(results.get_args, args, capsys)
     assert sorted(os.listdir(tmp_path)) == ['bad.csv']
+
+
+def test_estimators_write_their_rows_and_a_curve_per_job_that_merge_like_the_rows(tmp_path, monkeypatch):
+    """nce and cd on one dataset, 2 seeds, 2 epochs: a row per job and a curve row per epoch, the training seconds
+    growing; two shards merged give the unsharded run's rows and curves, but for the seconds."""
+    import results
+    monkeypatch.chdir(tmp_path)
+    quick = [*TINY[:6], '--budget', 0.04, '--no-readme', '--methods', 'nce', 'cd', '--seeds', 2, '--jobs', 1]
+    main(*quick, '--out', 'results.csv')
+    table, curves = rows('results.csv'), rows('curves.csv')
+    assert [(r['method'], r['seed']) for r in table] == [('nce', '0'), ('nce', '1'), ('cd', '0'), ('cd', '1')]
+    assert [(r['method'], r['seed'], r['epoch']) for r in curves] == [(m, s, e) for m in ('nce', 'cd') for s in '01' for e in '01']
+    for r in curves:
+        assert float(r['kl']) > 0 and (r['gap'] != '') == (r['method'] == 'nce')
+    assert all(float(a['train_seconds']) < float(b['train_seconds']) for a, b in zip(curves[::2], curves[1::2], strict=True))
+    last = {(r['method'], r['seed']): r['kl'] for r in curves if r['epoch'] == '1'}
+    assert all(last[r['method'], r['seed']] == r['kl'] for r in table)      # the row is the curve's last epoch
+    main(*quick, '--shard', '0/2')
+    main(*quick, '--shard', '1/2')
+    main('--merge', 'results-0-of-2.csv', 'results-1-of-2.csv', '--out', 'merged.csv', '--no-readme')
+    strip = lambda t, col: [{k: v for k, v in r.items() if k != col} for r in t]
+    assert strip(rows('merged.csv'), 'seconds') == strip(table, 'seconds')
+    assert strip(rows('merged-curves.csv'), 'train_seconds') == strip(curves, 'train_seconds')
+    assert results.curves_path('a/results-1-of-2.csv') == 'a/curves-1-of-2.csv'
