@@ -1,4 +1,4 @@
-"""Figures: the per-epoch density frame (data, noise, model) and the training curves."""
+"""Figures: the per-epoch density frame (data, noise, model), the training curves, and results.py's densities."""
 import matplotlib
 
 matplotlib.use('Agg')
@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from data import DATASETS, log_density
 from evaluate import GRID_N, PLOT_LIM, grid
 from files import atomic_write
 
@@ -96,3 +97,25 @@ def plot_curves(history, path):
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'))
     plt.close(fig)
+
+
+def results_figure(images, path, n):
+    """results.py's figure: a row per dataset, the true density beside NCE's, the strong preset's, exact MLE's and
+    the KDE's on the n × n grid of the data window (their seed-0 images); False if no dataset has all four."""
+    shown = [d for d in DATASETS if all((d, m) in images for m in ('nce', 'strong', 'mle', 'kde'))]
+    if not shown:
+        return False
+    window = grid(PLOT_LIM, n)
+    fig, axs = plt.subplots(len(shown), 5, figsize=(10, 2 * len(shown)), squeeze=False)
+    for i, d in enumerate(shown):
+        ims = [log_density(d, window).exp().view(n, n).numpy()] + [images[d, m] for m in ('nce', 'strong', 'mle', 'kde')]
+        for j, (im, title) in enumerate(zip(ims, ('truth', 'NCE', 'NCE strong', 'exact MLE', 'KDE'), strict=True)):
+            axs[i, j].imshow(im, cmap='jet', origin='lower', extent=(-4, 4, -4, 4))
+            axs[i, j].set_axis_off()
+            if i == 0:
+                axs[i, j].set_title(title)
+        axs[i, 0].text(-4.3, 0, d, rotation=90, va='center', ha='right')
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+    plt.close(fig)
+    return True

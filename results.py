@@ -9,6 +9,7 @@ $ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k st
 $ python results.py --methods nce rank cnce ence is mle sm dsm cd pcd   # the estimators, and their curves in curves.csv
 $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
 $ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
+$ python results.py --scheduler tcp://host:8786       # the jobs on a Dask cluster (pip install -r requirements-cluster.txt)
 """
 import argparse
 import contextlib
@@ -265,29 +266,6 @@ def write_docs(rows, ran, wall=None):
     return text
 
 
-def figure(rows, images, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    shown = [d for d in DATASETS if all((d, m) in images for m in ('nce', 'strong', 'mle', 'kde'))]
-    if not shown:
-        return False
-    window = grid(PLOT_LIM, N_IMG)
-    fig, axs = plt.subplots(len(shown), 5, figsize=(10, 2 * len(shown)), squeeze=False)
-    for i, d in enumerate(shown):
-        ims = [log_density(d, window).exp().view(N_IMG, N_IMG).numpy()] + [images[d, m] for m in ('nce', 'strong', 'mle', 'kde')]
-        for j, (im, title) in enumerate(zip(ims, ('truth', 'NCE', 'NCE strong', 'exact MLE', 'KDE'), strict=True)):
-            axs[i, j].imshow(im, cmap='jet', origin='lower', extent=(-4, 4, -4, 4))
-            axs[i, j].set_axis_off()
-            if i == 0:
-                axs[i, j].set_title(title)
-        axs[i, 0].text(-4.3, 0, d, rotation=90, va='center', ha='right')
-    fig.tight_layout()
-    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
-    plt.close(fig)
-    return True
-
-
 # ----------------------------------------------------------------------------------------------------
 
 def get_args(argv=None):
@@ -298,6 +276,9 @@ def get_args(argv=None):
     p.add_argument('--seeds', type=int, default=5, help='seeds 0..N-1, each a run of every method')
     p.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs in parallel, each on one torch thread')
     p.add_argument('--shard', default='0/1', help='i/N: run only every N-th job, from the i-th (0-based)')
+    p.add_argument('--scheduler', metavar='ADDRESS', help='run the jobs on the Dask cluster of this scheduler (e.g. '
+                   'tcp://host:8786) through joblib\'s dask backend, as many at once as it has worker threads; needs '
+                   'pip install -r requirements-cluster.txt, and the repo on every worker (docs/results.md)')
     p.add_argument('--merge', nargs='+', metavar='CSV', help='assemble these CSVs into --out and the tables; run nothing')
     p.add_argument('--out', help='the CSV to write (default results.csv, or results-<i>-of-<N>.csv for a shard); '
                    'rows already in results.csv are kept unless rerun')
@@ -329,6 +310,8 @@ def get_args(argv=None):
     for path in [args.out, curves_path(args.out)] + ([] if args.no_readme else [args.figure, os.path.join(ROOT, 'README.md')]):
         if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
             p.error(f'cannot write {path}: {problem}')
+    if args.scheduler:
+        check_scheduler(p, args.scheduler)
     for path in args.merge or []:
         if not os.path.isfile(path):        # a FIFO or /dev/stdin would block the read
             p.error(f'argument --merge: {path} is not a regular file')
@@ -338,6 +321,31 @@ def get_args(argv=None):
         except (OSError, ValueError, KeyError) as e:
             p.error(f'argument --merge: cannot read {path}: {e}')
     return args
+
+
+def check_scheduler(p, address):
+    """Refuse, with one line, a --scheduler that cannot be used: Dask missing, or no scheduler answering there."""
+    try:
+        from distributed import Client
+    except ImportError:
+        p.error('argument --scheduler: Dask is not installed; pip install -r requirements-cluster.txt')
+    try:
+        Client(address, timeout='3s').close()
+    except (OSError, ValueError, TypeError) as e:
+        p.error(f'argument --scheduler: no Dask scheduler at {address!r}: {str(e).splitlines()[0][:120]}')
+
+
+def engine(args):
+    """Where the jobs run: joblib's own processes on this machine (--jobs), or a Dask cluster (--scheduler)."""
+    if not args.scheduler:
+        return contextlib.nullcontext(), args.jobs
+    import joblib
+    from distributed import Client
+    client = Client(args.scheduler)
+    stack = contextlib.ExitStack()
+    stack.callback(client.close)
+    stack.enter_context(joblib.parallel_config(backend='dask'))
+    return stack, -1
 
 
 def main(args):
@@ -359,12 +367,14 @@ def main(args):
     from joblib import Parallel, delayed
     from tqdm import tqdm
     rows, images, curves = [], {}, []
-    run = Parallel(n_jobs=args.jobs, return_as='generator_unordered')(delayed(job)(*j, cfg) for j in jobs)
-    for row, image, curve in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
-        rows.append(row)
-        curves += curve
-        if image is not None:
-            images[row['dataset'], row['method']] = image
+    where, n_jobs = engine(args)
+    with where:
+        run = Parallel(n_jobs=n_jobs, return_as='generator_unordered')(delayed(job)(*j, cfg) for j in jobs)
+        for row, image, curve in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
+            rows.append(row)
+            curves += curve
+            if image is not None:
+                images[row['dataset'], row['method']] = image
     wall = time.time() - t0
     old = read_csv(args.out) if os.path.isfile(args.out) and n == 1 else []
     write_csv(combine(old, rows), args.out)
@@ -380,7 +390,8 @@ def main(args):
         text = write_docs(combine(old, rows), args.methods, f'{wall / 60:.1f} minutes ({len(rows)} jobs on {args.jobs} '
                                                             f'workers, {os.cpu_count()} CPU cores)')
         print(text)
-        if figure(rows, images, args.figure):
+        import plot
+        if plot.results_figure(images, args.figure, N_IMG):
             print(f'figure: {args.figure}')
 
 

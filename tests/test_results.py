@@ -115,3 +115,22 @@ def test_estimators_write_their_rows_and_a_curve_per_job_that_merge_like_the_row
     assert strip(rows('merged.csv'), 'seconds') == strip(table, 'seconds')
     assert strip(rows('merged-curves.csv'), 'train_seconds') == strip(curves, 'train_seconds')
     assert results.curves_path('a/results-1-of-2.csv') == 'a/curves-1-of-2.csv'
+
+
+def test_a_tiny_table_on_a_local_dask_cluster_is_the_one_of_jobs_1(tiny, tmp_path, monkeypatch):
+    """--scheduler: the jobs on a Dask cluster of 2 worker processes that this test starts, through joblib's dask
+    backend; the rows are those of the run on this machine, but for the seconds."""
+    distributed = pytest.importorskip('distributed')
+    from conftest import ROOT
+    monkeypatch.setenv('PYTHONPATH', ROOT)          # the workers import results.py, as a cluster's must
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = tmp_path / 'dask.csv'
+        main(*TINY, '--seeds', 2, '--methods', 'nce', 'gmm', '--scheduler', cluster.scheduler_address, '--out', out)
+    assert without_seconds(rows(out)) == [r for r in without_seconds(rows(tiny)) if r['method'] in ('nce', 'gmm')]
+
+
+@pytest.mark.parametrize('address', ['tcp://127.0.0.1:9', 'nonsense://here'])
+def test_a_bad_scheduler_is_a_one_line_error(address, capsys):
+    pytest.importorskip('distributed')
+    import results
+    assert '--scheduler' in refused(results.get_args, ['--scheduler', address], capsys)
