@@ -30,7 +30,7 @@ import seeds
 import train
 from data import sample_2d_data
 from evaluate import evaluate, window_log_p
-from likelihood import mle_nodes
+from likelihood import mle_grid, mle_nodes
 from model import EBM
 from noise import LEARNED, make_noise
 
@@ -140,9 +140,10 @@ def mle_autograd():
     energy = EBM().to(device)
     params = list(energy.parameters())
     adam = optim.adam_init(params)
+    base = mle_grid(device)
     def step():
         x = x_train[torch.randint(len(x_train), (100,), device=device)]
-        neg_f = energy(torch.cat([x, mle_nodes(device=device)])).squeeze(1) + energy.c
+        neg_f = energy(torch.cat([x, mle_nodes(base)])).squeeze(1) + energy.c
         loss = -neg_f[:100].mean() + torch.logsumexp(neg_f[100:], 0)
         for q in params:
             q.grad = None

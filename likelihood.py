@@ -7,16 +7,20 @@ import math
 
 import torch
 
+from evaluate import grid
+
 MLE_N, MLE_LIM = 48, 5.5        # the quadrature grid of every step: 48 × 48 nodes over [-5.5, 5.5]², cells of 0.23
 
 
-def mle_nodes(n=MLE_N, lim=MLE_LIM, device='cpu'):
-    """A step's quadrature nodes: the midpoints of an n × n grid over [-lim, lim]², shifted by one uniform offset in
-    a cell, so that the estimate of Z is unbiased and the model cannot hide mass between fixed nodes."""
-    h = 2 * lim / n
-    t = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) * h - lim
-    y, x = torch.meshgrid(t, t, indexing='ij')
-    return torch.stack([x.flatten(), y.flatten()], 1) + (torch.rand(2, device=device) - 0.5) * h
+def mle_grid(device='cpu'):
+    """Exact MLE's quadrature grid, made once a run: the midpoints of MLE_N × MLE_N cells over [-MLE_LIM, MLE_LIM]²."""
+    return grid(MLE_LIM, MLE_N, device)
+
+
+def mle_nodes(base):
+    """A step's quadrature nodes: the grid shifted by one uniform offset in a cell, so that the estimate of Z is
+    unbiased and the model cannot hide mass between fixed nodes."""
+    return base + (torch.rand(2, device=base.device) - 0.5) * (2 * MLE_LIM / MLE_N)
 
 
 def mle_loss(log_p, n, h=2 * MLE_LIM / MLE_N):

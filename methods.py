@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 import optim
-from likelihood import cd_loss, langevin, mle_loss, mle_nodes
+from likelihood import cd_loss, langevin, mle_grid, mle_loss, mle_nodes
 from score import dsm_loss, sm_loss_mlp
 from util import cnce_loss, ence_loss, fce_backward, is_loss, nce_backward, rank_loss, step_values
 
@@ -245,7 +245,8 @@ def build(args, energy, noise, x_train, log_q_train, adam, flow_adam=None, saved
             return contrast(x, y, torch.zeros(len(x) + len(y), device=x.device), nu, args.batch)
         return Method(cnce_batches, lambda batch, lr: step_on(cnce_loss, batch[0], nu, lr=lr), values, state)
     if method == 'mle':
-        return Method(each, lambda x, lr: step_on(mle_loss, torch.cat([x, mle_nodes(device=x.device)]), len(x), lr=lr), values, state)
+        base = mle_grid(x_train.device)
+        return Method(each, lambda x, lr: step_on(mle_loss, torch.cat([x, mle_nodes(base)]), len(x), lr=lr), values, state)
     if method == 'sm':
         return Method(each, lambda x, lr: step_autograd(sm_loss_mlp(energy, x), lr), values, state)
     if method == 'dsm':

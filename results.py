@@ -193,7 +193,7 @@ def curves_path(path):
     x.csv's in x-curves.csv."""
     folder, name = os.path.split(path)
     stem = name[:-4] if name.endswith('.csv') else name
-    return os.path.join(folder, 'curves' + stem[7:] + '.csv' if stem.startswith('results') else stem + '-curves.csv')
+    return os.path.join(folder, 'curves' + stem[len('results'):] + '.csv' if stem.startswith('results') else stem + '-curves.csv')
 
 
 def read_curves(path):

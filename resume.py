@@ -2,6 +2,7 @@
 import torch
 
 import files
+import methods
 import seeds
 from flow import Flow, fit
 from model import ACTIVATIONS, EBM
@@ -70,7 +71,7 @@ def check(ckpt, args, model_kwargs):
         check_adam('flow_optimizer', ckpt['flow_optimizer'], list(flow.parameters()))
     check_rng(ckpt['rng'])
     method = args.method if args is not None else ckpt['args'].get('method', 'nce')
-    check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce', acc=method in ('nce', 'rank', 'cnce', 'ence'))
+    check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce', acc=method in methods.CLASSIFIES)
     check_method_state(ckpt.get('method_state', {}), method, noise, args.batch if args is not None else ckpt['args'].get('batch'))
     if 'streams' in ckpt:
         check_streams(ckpt['streams'])

@@ -11,7 +11,7 @@ import methods
 import resume
 import train
 from conftest import GaussEnergy, refused
-from likelihood import cd_loss, langevin, mle_loss, mle_nodes
+from likelihood import cd_loss, langevin, mle_grid, mle_loss, mle_nodes
 from model import EBM
 from score import dsm_loss, sm_loss, sm_loss_mlp
 from util import cnce_loss, ence_loss, is_loss, rank_loss
@@ -67,7 +67,7 @@ def cnce(eps=0.5):
 def mle():
     x = samples(N, 0)
     torch.manual_seed(2)
-    nodes = mle_nodes().double()
+    nodes = mle_nodes(mle_grid()).double()
     return lambda energy: mle_loss(energy(torch.cat([x, nodes])).squeeze(1), N)[0]
 
 
@@ -156,7 +156,7 @@ WRITTEN = {     # a method: its loss of log p̃ at u, and u
     'ence': lambda: (lambda lp, u, lq: ence_loss(lp, lq, 3), *layout(3)),
     'is': lambda: (lambda lp, u, lq: is_loss(lp, lq, 3), *layout(3)),
     'cnce': lambda: (lambda lp, u, lq: cnce_loss(lp, 3), *layout(3)),
-    'mle': lambda: (lambda lp, u, lq: mle_loss(lp, 30), torch.cat([layout(1)[0][:30], mle_nodes().double()]), None),
+    'mle': lambda: (lambda lp, u, lq: mle_loss(lp, 30), torch.cat([layout(1)[0][:30], mle_nodes(mle_grid()).double()]), None),
     'cd': lambda: (lambda lp, u, lq: cd_loss(lp, 30), layout(1)[0], None),
 }
 

@@ -8,8 +8,8 @@ from conftest import ROOT
 LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
     'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files', 'data'}, 'memory': {'noise'},
-    'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim'},
-    'likelihood': set(), 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
+    'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim', 'methods'},
+    'likelihood': {'evaluate'}, 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
     'train': {'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
 }
 
