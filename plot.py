@@ -119,3 +119,41 @@ def results_figure(images, path, n):
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
     plt.close(fig)
     return True
+
+
+def estimators_figure(curves, methods, path, name=str, floor=1e-3, top=10.0):
+    """The benchmark's figure: a panel per dataset, exact KL (log axis) against training seconds on one thread (log
+    axis), a line per method through its mean over seeds at each epoch, and a band from the least to the largest
+    seed. A KL below `floor` (the test set's own error can make it a hair negative) is drawn at the floor, and one
+    above `top` nats, a run that diverged, leaves the panel at its top. False if no curve is there."""
+    shown = [d for d in DATASETS if any(c['dataset'] == d for c in curves)]
+    methods = [m for m in methods if any(c['method'] == m for c in curves)]
+    if not shown:
+        return False
+    cols = min(4, len(shown))
+    fig, axs = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.6 * cols, 3.1 * -(-len(shown) // cols)), squeeze=False)
+    colors = plt.get_cmap('tab10')
+    for ax, d in zip(axs.flat, shown, strict=False):
+        for i, m in enumerate(methods):
+            at = {}         # epoch: its (training seconds, KL) over the seeds
+            for c in curves:
+                if c['dataset'] == d and c['method'] == m:
+                    at.setdefault(c['epoch'], []).append((c['train_seconds'], min(max(c['kl'], floor), 2 * top)))
+            if not at:
+                continue
+            t, kl = (np.array([[p[j] for p in at[e]] for e in sorted(at)]) for j in (0, 1))    # (epochs, seeds)
+            ax.fill_between(t.mean(1), kl.min(1), kl.max(1), color=colors(i % 10), alpha=0.15, lw=0)
+            ax.plot(t.mean(1), kl.mean(1), color=colors(i % 10), lw=1.3, label=name(m))
+        ax.set(xscale='log', yscale='log', title=d, xlabel='training seconds, one thread', ylabel='KL (nats)')
+        ax.set_ylim(top=min(ax.get_ylim()[1], top))
+        ax.grid(True, which='major', alpha=0.3)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in list(axs.flat)[len(shown):]:
+        ax.set_axis_off()
+    handles, labels = axs.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 10), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+    plt.close(fig)
+    return True

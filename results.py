@@ -7,6 +7,8 @@ $ python results.py --methods nce-fit nce-gmm         # the noise-family table (
 $ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k strong-10k-flow strong-10k-fce
                                                       # learned noise: the flow and FCE tables (docs/flow.md)
 $ python results.py --methods nce rank cnce ence is mle sm dsm cd pcd   # the estimators, and their curves in curves.csv
+$ python results.py --methods strong-10k strong-10k-rank strong-10k-ence strong-10k-mle strong-10k-sm strong-10k-pcd
+                                                      # the estimators on the strong network (docs/estimators.md)
 $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
 $ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
 $ python results.py --scheduler tcp://host:8786       # the jobs on a Dask cluster (pip install -r requirements-cluster.txt)
@@ -23,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+import cluster
 import files
 import resume
 import seeds
@@ -31,7 +34,7 @@ from baselines import gmm, kde
 from data import DATASETS, log_density, sample_2d_data
 from evaluate import PLOT_LIM, evaluate_flow, grid, log_p_on
 from model import EBM
-from tables import comparison_rows, flow_tables, noise_table, put, results_table
+from tables import best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BASE_SAMPLES, STRONG_SAMPLES = train.PRESETS['original']['samples'], train.PRESETS['strong']['samples']
@@ -63,8 +66,14 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'kde': dict(),
 }
 DEFAULT_METHODS = ('nce', 'strong', 'strong-10k', 'mle', 'gmm', 'kde')
-# the estimators: evaluated at every epoch, for their curves of KL against training time (CURVES_CSV)
+# the estimators, on the original network and on the strong preset's (strong-10k is its NCE), each evaluated at every
+# epoch for its curve of KL against training time (curves.csv)
 ESTIMATORS = ('nce', 'rank', 'cnce', 'ence', 'is', 'mle', 'sm', 'dsm', 'cd', 'pcd')
+METHODS.update({f'strong-10k-{m}': dict(preset='strong', method=m, epoch=FAIR_EPOCHS) for m in ESTIMATORS[1:]})
+STRONG_ESTIMATORS = ('strong-10k', *(f'strong-10k-{m}' for m in ESTIMATORS[1:]))
+# the strong-network table: nce, rank, the best other NCE variant, exact MLE, the better of sm and dsm and of cd and
+# pcd, each chosen by the original network's table (docs/estimators.md)
+STRONG_TABLE = ('strong-10k', 'strong-10k-rank', 'strong-10k-ence', 'strong-10k-mle', 'strong-10k-sm', 'strong-10k-pcd')
 CURVE_COLUMNS = ('dataset', 'method', 'seed', 'epoch', 'train_seconds', 'kl', 'gap')
 COST = {'strong': 37, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
         'strong-10k': 8, 'kde': 7, 'gmm': 4}     # seconds a job on one thread: the longest go first
@@ -90,7 +99,7 @@ def job(dataset, method, seed, cfg):
 
 
 def run_job(dataset, method, seed, cfg):
-    t = time.perf_counter()
+    t = start = time.perf_counter()
     spec = METHODS[method]
     n = cfg['strong_samples'] if method == 'strong' else cfg['samples']
     streams = seeds.streams(seed)
@@ -102,9 +111,11 @@ def run_job(dataset, method, seed, cfg):
     if 'preset' in spec:
         preset = train.PRESETS[spec['preset']]
         epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
-        energy, m, history = nce(dataset, seed, spec, n, epochs, every=1 if method in ESTIMATORS else epochs)
-        if method in ESTIMATORS:
-            curve = curve_rows(dataset, method, seed, history)
+        curved = cfg['curves'] and method in ESTIMATORS + STRONG_ESTIMATORS
+        energy, m, history = nce(dataset, seed, spec, n, epochs, every=1 if curved else epochs)
+        if curved:      # its seconds as every other row's, evaluated once: less the epochs' time outside their steps
+            curve = curve_rows(dataset, method, seed, history)      # (evaluation, checkpoint) but for the last epoch's
+            t += sum(h['seconds'] - h['train_seconds'] for h in history[:-1])
         row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec.get('noise'))
         if spec.get('noise') == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
             reference = time.perf_counter()
@@ -127,7 +138,7 @@ def run_job(dataset, method, seed, cfg):
             image = (log_p_on(energy, window) + energy.c.detach() - row['log_z']).exp().view(N_IMG, N_IMG).numpy()
         elif method == 'kde':
             image = np.exp(kd.score_samples(window.numpy())).reshape(N_IMG, N_IMG)
-    return {k: row.get(k) for k in COLUMNS}, image, curve
+    return {k: row.get(k) for k in COLUMNS}, image, curve, time.perf_counter() - start     # the last: as it ran
 
 
 def nce(dataset, seed, spec, n, epochs, every):
@@ -243,19 +254,18 @@ def combine(*tables):
     return list(out.values())
 
 
-def write_docs(rows, ran, wall=None):
+def write_docs(rows, ran, wall=None, curves=()):
     """The tables of the methods that ran (`ran`), from every row: the results table and the comparison rows if a
-    method of the results table ran, the noise table if a noise did."""
+    method of the results table ran, the noise table if a noise did, the flow tables if a flow did, and each
+    estimator table, with its figure of the curves, if one of its estimators did. A table's time (`wall`) is this
+    run's only if the run made all of its methods; otherwise the one in the document stays."""
     seeds = sorted({r['seed'] for r in rows})
     seeds = f'{seeds[0]} to {seeds[-1]}' if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else str(seeds)
-    text = ''
+    readme, text = os.path.join(ROOT, 'README.md'), ''
     if set(ran) & set(DEFAULT_METHODS):
-        footer = f'Regenerated by `python results.py` in {wall}.' if wall else None
-        if footer is None:      # a merge, or tables redrawn from the CSV: the time of the run that made the rows stays
-            import re
-            footer = next(iter(re.findall(r'Regenerated by `python results.py` in [^\n]*', open(os.path.join(ROOT, 'README.md')).read())), '')
-        text = results_table(rows, seeds, STRONG_SAMPLES, BASE_SAMPLES, FAIR_EPOCHS) + ('\n\n' + footer if footer else '')
-        put(os.path.join(ROOT, 'README.md'), 'results', text)
+        text = results_table(rows, seeds, STRONG_SAMPLES, BASE_SAMPLES, FAIR_EPOCHS)
+        text += '\n\n' + footer(readme, 'python results.py', wall if set(DEFAULT_METHODS) <= set(ran) else None)
+        put(readme, 'results', text)
         put(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(rows))
     if set(ran) & {'nce-fit', 'nce-gmm'}:
         text += '\n\n' + noise_table(rows)
@@ -263,6 +273,19 @@ def write_docs(rows, ran, wall=None):
     if set(ran) & {'nce-flow', 'fce', 'strong-10k-fce'} and any(r['method'] == 'fce' for r in rows):
         text += '\n\n' + flow_tables(rows)
         put(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
+    import plot
+    scored = with_curves(rows, curves)
+    doc = os.path.join(ROOT, 'docs/estimators.md')
+    for block, table, reference, efficient, image in (('benchmark', ESTIMATORS, 'nce', 'mle', 'images/estimators.png'),
+                                                      ('strong-benchmark', STRONG_TABLE, 'strong-10k', 'strong-10k-mle', 'images/estimators-strong.png')):
+        if set(ran) & set(table) - set(DEFAULT_METHODS) and any(r.get('kl5') is not None for r in scored if r['method'] in table):
+            made = estimator_tables(scored, table, reference, efficient, short) + '\n\n' + footer(
+                doc, 'python results.py --methods ' + ' '.join(table), wall if set(table) <= set(ran) else None)
+            text += '\n\n' + made
+            put(doc, block, made)
+            if block == 'benchmark':
+                put(readme, 'best', best_table(scored, table, reference, efficient, short))
+            plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short)
     return text
 
 
@@ -310,8 +333,8 @@ def get_args(argv=None):
     for path in [args.out, curves_path(args.out)] + ([] if args.no_readme else [args.figure, os.path.join(ROOT, 'README.md')]):
         if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
             p.error(f'cannot write {path}: {problem}')
-    if args.scheduler:
-        check_scheduler(p, args.scheduler)
+    if args.scheduler and (problem := cluster.problem(args.scheduler)):
+        p.error(f'argument --scheduler: {problem}')
     for path in args.merge or []:
         if not os.path.isfile(path):        # a FIFO or /dev/stdin would block the read
             p.error(f'argument --merge: {path} is not a regular file')
@@ -321,31 +344,6 @@ def get_args(argv=None):
         except (OSError, ValueError, KeyError) as e:
             p.error(f'argument --merge: cannot read {path}: {e}')
     return args
-
-
-def check_scheduler(p, address):
-    """Refuse, with one line, a --scheduler that cannot be used: Dask missing, or no scheduler answering there."""
-    try:
-        from distributed import Client
-    except ImportError:
-        p.error('argument --scheduler: Dask is not installed; pip install -r requirements-cluster.txt')
-    try:
-        Client(address, timeout='3s').close()
-    except (OSError, ValueError, TypeError) as e:
-        p.error(f'argument --scheduler: no Dask scheduler at {address!r}: {str(e).splitlines()[0][:120]}')
-
-
-def engine(args):
-    """Where the jobs run: joblib's own processes on this machine (--jobs), or a Dask cluster (--scheduler)."""
-    if not args.scheduler:
-        return contextlib.nullcontext(), args.jobs
-    import joblib
-    from distributed import Client
-    client = Client(args.scheduler)
-    stack = contextlib.ExitStack()
-    stack.callback(client.close)
-    stack.enter_context(joblib.parallel_config(backend='dask'))
-    return stack, -1
 
 
 def main(args):
@@ -358,37 +356,35 @@ def main(args):
             write_csv(curves, curves_path(args.out), CURVE_COLUMNS)
         print(f'{len(rows)} rows from {len(args.merge)} files: {args.out}' + (f', curves {curves_path(args.out)}' if curves else ''))
         if not args.no_readme:
-            print(write_docs(rows, {r['method'] for r in rows}))
+            print(write_docs(rows, {r['method'] for r in rows}, curves=curves))
         return
-    cfg = dict(samples=args.samples, strong_samples=args.strong_samples, budget=args.budget, gmm_max_k=args.gmm_max_k)
+    # the default table's nce, mle and strong-10k are evaluated every epoch, for curves, only in a run of the estimators
+    cfg = dict(samples=args.samples, strong_samples=args.strong_samples, budget=args.budget, gmm_max_k=args.gmm_max_k,
+               curves=bool(set(args.methods) & set(ESTIMATORS + STRONG_ESTIMATORS) - set(DEFAULT_METHODS)))
     jobs = [(d, m, s) for d in args.datasets for m in METHODS if m in args.methods for s in range(args.seeds)]
     i, n = args.shard
     jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short
-    from joblib import Parallel, delayed
     from tqdm import tqdm
-    rows, images, curves = [], {}, []
-    where, n_jobs = engine(args)
-    with where:
-        run = Parallel(n_jobs=n_jobs, return_as='generator_unordered')(delayed(job)(*j, cfg) for j in jobs)
-        for row, image, curve in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
-            rows.append(row)
-            curves += curve
-            if image is not None:
-                images[row['dataset'], row['method']] = image
+    rows, images, curves, spent = [], {}, [], {}
+    run = cluster.run(job, [(*j, cfg) for j in jobs], args.jobs, args.scheduler)
+    for row, image, curve, seconds in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
+        rows.append(row)
+        spent.setdefault(row['method'], []).append(seconds)
+        curves += curve
+        if image is not None:
+            images[row['dataset'], row['method']] = image
     wall = time.time() - t0
     old = read_csv(args.out) if os.path.isfile(args.out) and n == 1 else []
     write_csv(combine(old, rows), args.out)
     if curves:
-        old_curves = read_curves(curves_path(args.out)) if n == 1 else []
-        write_csv(combine_curves(old_curves, curves), curves_path(args.out), CURVE_COLUMNS)
-    for m in METHODS:
-        spent = [r['seconds'] for r in rows if r['method'] == m]
-        if spent:
-            print(f'{m}: {len(spent)} jobs, {sum(spent) / 60:.1f} job-minutes, {np.mean(spent):.1f} s each')
+        curves = combine_curves(read_curves(curves_path(args.out)) if n == 1 else [], curves)
+        write_csv(curves, curves_path(args.out), CURVE_COLUMNS)
+    for m, s in spent.items():     # as they ran: a curve's evaluation at every epoch included
+        print(f'{m}: {len(s)} jobs, {sum(s) / 60:.1f} job-minutes, {np.mean(s):.1f} s each')
     print(f'{len(rows)} jobs in {wall / 60:.1f} minutes on {args.jobs} workers: {args.out}')
     if not args.no_readme and n == 1:
         text = write_docs(combine(old, rows), args.methods, f'{wall / 60:.1f} minutes ({len(rows)} jobs on {args.jobs} '
-                                                            f'workers, {os.cpu_count()} CPU cores)')
+                                                            f'workers, {os.cpu_count()} CPU cores)', curves)
         print(text)
         import plot
         if plot.results_figure(images, args.figure, N_IMG):

@@ -10,22 +10,25 @@ from data import DATASETS
 def cells(rows, dataset, method, col):
     """A column's values for one dataset and method, seed by seed."""
     return [r[col] for r in sorted(rows, key=lambda r: r['seed']) if r['dataset'] == dataset and r['method'] == method
-            and r[col] is not None]
+            and r.get(col) is not None]
 
 
 def mean_sd(values, digits=3):
     if not values:
         return ''
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+    return num(values[0], digits) if len(values) == 1 else f'{num(np.mean(values), digits)} ± {num(np.std(values, ddof=1), digits)}'
+
+
+def num(v, digits=3, sign=''):
+    """A number with `digits` decimals, or in e-notation from 1000 on (a diverged run's KL is in the millions)."""
+    return f'{v:{sign}.{digits}f}' if abs(v) < 1000 else f'{v:{sign}.1e}'
 
 
 def paired(rows, dataset, a, b, col='kl'):
     """Mean and sd of a − b over the seeds both have, and whether a paired t-test (two-sided, 95%) tells them apart."""
     from scipy import stats
-    va = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == a}
-    vb = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == b}
+    va = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == a and r.get(col) is not None}
+    vb = {r['seed']: r[col] for r in rows if r['dataset'] == dataset and r['method'] == b and r.get(col) is not None}
     d = np.array([va[s] - vb[s] for s in sorted(va.keys() & vb.keys())])
     if len(d) < 2:
         return None
@@ -170,6 +173,101 @@ def flow_tables(rows):
         out += ['', f'- FCE against N(0, 4I), strong network: KL {verdict(rows, "strong-10k-fce", "strong-10k")}.',
                 f'- The fixed flow against N(0, 4I), strong network: KL {verdict(rows, "strong-10k-flow", "strong-10k")}.']
     return '\n'.join(out)
+
+# ----------------------------------------------------------------------------------------------------
+# the estimators (docs/estimators.md): each job judged by its mean KL over its last LAST epochs, from its curve
+
+LAST = 5    # at a constant learning rate the last epoch's KL jitters; the mean of the last 5 is steadier
+
+
+def with_curves(rows, curves, last=LAST):
+    """The rows, each job with a curve gaining kl5 (its mean exact KL over its last `last` epochs) and train_seconds
+    (its steps alone, without evaluation)."""
+    jobs = {}
+    for c in curves:
+        jobs.setdefault((c['dataset'], c['method'], c['seed']), []).append(c)
+    out = []
+    for r in rows:
+        curve = sorted(jobs.get((r['dataset'], r['method'], r['seed']), []), key=lambda c: c['epoch'])
+        extra = dict(kl5=float(np.mean([c['kl'] for c in curve[-last:]])), train_seconds=curve[-1]['train_seconds']) if curve else {}
+        out.append({**r, **extra})
+    return out
+
+
+def by_method(rows, methods, shown, cell, name):
+    """A table with a row per method and a column per dataset."""
+    out = ['| method | ' + ' | '.join(shown) + ' |', '|---|' + '---|' * len(shown)]
+    return out + [f'| `{name(m)}` | ' + ' | '.join(cell(d, m) for d in shown) + ' |' for m in methods]
+
+
+def estimator_tables(rows, methods, reference, efficient, name=str):
+    """The benchmark's tables: for each method and dataset the KL (mean over the last LAST epochs, and the last
+    epoch's), the gap |c - log Z| where the method learns c, its difference from the efficient reference (exact MLE)
+    paired by seed, and its time; then each method against `reference` (NCE) and `efficient`, only as far as paired
+    t-tests across seeds on the last-LAST mean support. `name` shows a method's name."""
+    methods = [m for m in methods if any(r['method'] == m for r in rows)]
+    shown = [d for d in DATASETS if any(r['dataset'] == d and r['method'] in methods for r in rows)]
+    mark = lambda d, m: '' if m == reference or not (p := paired(rows, d, m, reference, 'kl5')) or not p[2] else ' ↓' if p[0] < 0 else ' ↑'
+    out = [f'**KL, mean of the last {LAST} epochs** (nats), mean ± sd over seeds; ↓ or ↑: lower or higher than '
+           f'`{name(reference)}` by a paired t-test across seeds (two-sided, 95%).', '']
+    out += by_method(rows, methods, shown, lambda d, m: mean_sd(cells(rows, d, m, 'kl5')) + mark(d, m), name)
+    out += ['', '**KL at the last epoch** (nats), mean ± sd over seeds.', '']
+    out += by_method(rows, methods, shown, lambda d, m: mean_sd(cells(rows, d, m, 'kl')), name)
+    def closeness(d, m):
+        p = paired(rows, d, m, efficient, 'kl5')
+        return '' if p is None else f'{num(p[0], sign="+")} ± {num(p[1])}' + (' *' if p[2] else '')
+    others = [m for m in methods if m != efficient]
+    out += ['', f'**How close to exact MLE**: the last-{LAST} mean KL less `{name(efficient)}`\'s, paired by seed '
+            '(mean ± sd); * marks a difference a paired t-test finds.', '']
+    out += by_method(rows, others, shown, closeness, name)
+    with_c = [m for m in methods if any(r['method'] == m and r['gap'] is not None for r in rows)]
+    if with_c:
+        out += ['', '**|c − log Z|** at the last epoch (nats), for the methods that learn c.', '']
+        out += by_method(rows, with_c, shown, lambda d, m: mean_sd(cells(rows, d, m, 'gap')), name)
+    out += ['', '**Time**, one thread: seconds a job (its steps, and one exact evaluation at the end), and training '
+            'steps a second (the steps alone), mean ± sd over every dataset and seed.', '',
+            '| method | seconds a job | steps a second |', '|---|---|---|']
+    for m in methods:
+        mine = [r for r in rows if r['method'] == m]
+        rate = [r['steps'] / r['train_seconds'] for r in mine if r.get('train_seconds')]
+        out.append(f'| `{name(m)}` | {mean_sd([r["seconds"] for r in mine], 1)} | {mean_sd(rate, 0)} |')
+    out += ['', f'Paired t-tests on the last-{LAST} mean KL, across seeds (two-sided, 95%):', '']
+    for m in others:
+        against = [f'against `{name(b)}` {v}' for b in (reference, efficient) if b != m and (v := verdict(rows, m, b, 'kl5'))]
+        out.append(f'- `{name(m)}`: KL ' + '; '.join(against) + '.')
+    return '\n'.join(out)
+
+
+def best_table(rows, methods, reference, efficient, name=str):
+    """The README's short version: per dataset, the method of lowest mean last-LAST KL, whether a paired t-test tells
+    it from the next best, and NCE's and exact MLE's KL beside it."""
+    out = [f'| dataset | lowest KL | KL | next | told apart | `{name(reference)}` | `{name(efficient)}` |',
+           '|---|---|---|---|---|---|---|']
+    for d in DATASETS:
+        mean = {m: np.mean(v) for m in methods if (v := cells(rows, d, m, 'kl5'))}
+        if len(mean) < 2:
+            continue
+        best, nxt = sorted(mean, key=mean.get)[:2]
+        p = paired(rows, d, best, nxt, 'kl5')
+        kl = lambda m, d=d: mean_sd(cells(rows, d, m, 'kl5'))
+        out.append(f'| {d} | `{name(best)}` | {kl(best)} | `{name(nxt)}` | {"yes" if p and p[2] else "no"} | '
+                   f'{kl(reference)} | {kl(efficient)} |')
+    return '\n'.join(out + ['', f'KL: mean over the last {LAST} epochs (nats), mean ± sd over seeds. told apart: a '
+                                 'paired t-test across seeds (two-sided, 95%) finds the lowest below the next.'])
+
+
+def short(method):
+    """A method's name in the estimator tables: the strong network's as the estimator's own."""
+    return 'nce' if method == 'strong-10k' else method.removeprefix('strong-10k-')
+
+
+def footer(path, command, wall):
+    """The line under a table that names the command that made its rows and its time: this run's, or for a merge or
+    a redraw the one already in the document, since the time of the run that made the rows stays."""
+    if wall:
+        return f'Regenerated by `{command}` in {wall}.'
+    import re
+    return next(iter(re.findall(f'Regenerated by `{re.escape(command)}` in [^\n]*', open(path).read())), '')
 
 
 def put(path, name, text):

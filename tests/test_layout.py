@@ -9,7 +9,7 @@ LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
     'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files', 'data'}, 'memory': {'noise'},
     'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim', 'methods'},
-    'likelihood': {'evaluate'}, 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
+    'likelihood': {'evaluate'}, 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'cluster': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
     'train': {'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
 }
 
