@@ -121,11 +121,12 @@ def results_figure(images, path, n):
     return True
 
 
-def estimators_figure(curves, methods, path, name=str, floor=1e-3, top=10.0):
+def estimators_figure(curves, methods, path, name=str, floor=1e-3, top=10.0, order=()):
     """The benchmark's figure: a panel per dataset, exact KL (log axis) against training seconds on one thread (log
     axis), a line per method through its mean over seeds at each epoch, and a band from the least to the largest
     seed. A KL below `floor` (the test set's own error can make it a hair negative) is drawn at the floor, and one
-    above `top` nats, a run that diverged, leaves the panel at its top. False if no curve is there."""
+    above `top` nats, a run that diverged, leaves the panel at its top. A method's colour is its name's place in
+    `order` where it is there, so that figures of different tables agree. False if no curve is there."""
     shown = [d for d in DATASETS if any(c['dataset'] == d for c in curves)]
     methods = [m for m in methods if any(c['method'] == m for c in curves)]
     if not shown:
@@ -134,7 +135,8 @@ def estimators_figure(curves, methods, path, name=str, floor=1e-3, top=10.0):
     fig, axs = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.6 * cols, 3.1 * -(-len(shown) // cols)), squeeze=False)
     colors = plt.get_cmap('tab10')
     for ax, d in zip(axs.flat, shown, strict=False):
-        for i, m in enumerate(methods):
+        for j, m in enumerate(methods):
+            i = order.index(name(m)) if name(m) in order else j
             at = {}         # epoch: its (training seconds, KL) over the seeds
             for c in curves:
                 if c['dataset'] == d and c['method'] == m:

@@ -285,7 +285,8 @@ def write_docs(rows, ran, wall=None, curves=()):
             put(doc, block, made)
             if block == 'benchmark':
                 put(readme, 'best', best_table(scored, table, reference, efficient, short))
-            plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short)
+            plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short,
+                                  order=ESTIMATORS)
     return text
 
 
