@@ -94,7 +94,8 @@ class EBM(nn.Module):
         log_p_and_backward's pass cut to what ∇ₓ needs, called k times a step by cd and pcd: the last layer is
         linear, so d log p/dh there is -w for every row and it is neither run nor backpropagated, and the layers are
         called without nn.Module's per-call overhead, which is most of a pass this small."""
-        linears, act = self.f[::2], self.f[1].forward
+        linears = [layer for layer in self.f if isinstance(layer, nn.Linear)]     # a list: slicing nn.Sequential
+        act = self.f[1].forward                                                   # builds a new module each time
         h0 = h = self.features(x)
         zs = []
         for layer in linears[:-1]:

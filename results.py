@@ -273,7 +273,6 @@ def write_docs(rows, ran, wall=None, curves=()):
     if set(ran) & {'nce-flow', 'fce', 'strong-10k-fce'} and any(r['method'] == 'fce' for r in rows):
         text += '\n\n' + flow_tables(rows)
         put(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
-    import plot
     scored = with_curves(rows, curves)
     doc = os.path.join(ROOT, 'docs/estimators.md')
     for block, table, reference, efficient, image in (('benchmark', ESTIMATORS, 'nce', 'mle', 'images/estimators.png'),
@@ -285,6 +284,8 @@ def write_docs(rows, ran, wall=None, curves=()):
             put(doc, block, made)
             if block == 'benchmark':
                 put(readme, 'best', best_table(scored, table, reference, efficient, short))
+            # matplotlib, only where a figure is drawn
+            import plot
             plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short,
                                   order=ESTIMATORS)
     return text
