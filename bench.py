@@ -3,6 +3,7 @@
 $ python bench.py                 # CPU
 $ python bench.py --device cuda
 $ python bench.py --estimators    # only each --method's step against NCE's
+$ python bench.py --floor         # only the estimator table's matrix products, replayed alone
 
 Prints ms per training step (default and strong configurations) next to the matmul floor, ms per frame and
 per evaluation, the epoch of `python train.py` as it runs (checkpoint and metrics included), start-up time
@@ -38,6 +39,8 @@ p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'mps'], help='device to benchmark')
 p.add_argument('--steps', type=int, default=500, help='timed steps per configuration')
 p.add_argument('--estimators', action='store_true', help='only time each --method\'s step against NCE\'s (docs/estimators.md)')
+p.add_argument('--floor', action='store_true', help='only the estimator table\'s matrix products, replayed alone: the '
+               'least its arithmetic can take here (docs/estimators.md)')
 p.add_argument('--zuko', action='store_true', help='only time the flow of --noise fce against zuko\'s MAF and NSF '
                '(pip install zuko==1.6.0; docs/flow.md)')
 args = p.parse_args()
@@ -111,6 +114,10 @@ floor = timed(lambda: (a @ w, a @ w, a.T @ a), args.steps)
 # ours, exactly the steps train.py runs: methods.build's step of the method on the batches of its epochs, and the
 # steps' values when an epoch ends. flags are train.py's; set overrides arguments after parsing (fce's threshold)
 def step_of(*flags, **set):
+    step, energy = build_step(*flags, **set)
+    return timed(step, args.steps), energy
+
+def build_step(*flags, **set):
     a = train.get_args(['--no-plot', '--eval-every', '0', '--device', args.device, *flags])
     vars(a).update(set)
     seeds.seed_global(STREAMS['init'])
@@ -131,7 +138,7 @@ def step_of(*flags, **set):
             epoch, records = method.batches(), []
             batch = next(epoch)
         records.append(method.step(batch, a.lr))
-    return timed(step, args.steps), energy
+    return step, energy
 
 # exact MLE as results.py ran it before --method: autograd through the network at the data and a shifted 48x48 grid,
 # then Adam; the written-out step of --method mle must be no slower
@@ -192,6 +199,50 @@ def estimators():
 
 if args.estimators:
     estimators()
+    sys.exit()
+
+PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.linear.default, torch.ops.aten.bmm.default}
+
+def products(fn):
+    """The matrix products that fn() calls, {(op, the (shape, stride) of each tensor argument): how many times}."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    calls = {}
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, a=(), kwargs=None):
+            if func in PRODUCTS:
+                key = (func, tuple((tuple(t.shape), t.stride()) for t in a if isinstance(t, torch.Tensor)))
+                calls[key] = calls.get(key, 0) + 1
+            return func(*a, **(kwargs or {}))
+    with Log():
+        fn()
+    return calls
+
+def replay(calls, n):
+    """Seconds those products take alone, on random tensors of the same shapes and strides."""
+    made = [(f, [torch.empty_strided(*shape, device=device).normal_() for shape in shapes], k) for (f, shapes), k in calls.items()]
+    return timed(lambda: [f(*ts) for f, ts, k in made for _ in range(k)], n, burn=2)
+
+def table_floor(steps=5000, evaluations=50, jobs=40):
+    """The estimator table's matrix products alone, on one thread: each method's step's and an evaluation's, taken
+    from the code as it runs and replayed, times a job's 5000 steps and 50 evaluations and the table's 40 jobs a
+    method: what the table would take if everything but its products, as this torch computes them, cost nothing."""
+    torch.set_num_threads(1)
+    x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, seeds.generator(STREAMS['test'])).to(device)
+    total = 0
+    for name in methods.METHODS:
+        step, energy = build_step('--method', name, *(['--act', 'silu'] if name == 'sm' else []))   # as results.py
+        for _ in range(3):
+            step()
+        t_step = replay(products(step), args.steps)
+        t_eval = replay(products(lambda e=energy: evaluate(e, x_test)), 5)
+        job = steps * t_step + evaluations * t_eval
+        total += jobs * job
+        print(f'{name}: products {t_step * 1e3:.3f} ms a step, {t_eval * 1e3:.1f} ms an evaluation: {job:.1f} s a job')
+    print(f'the estimator table\'s products alone: {total / 60:.1f} worker-minutes, {total / 120:.1f} minutes on 2 workers')
+
+
+if args.floor:
+    table_floor()
     sys.exit()
 
 # the original: DataLoader, MultivariateNormal, separate passes, a host sync and a print every batch

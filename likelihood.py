@@ -37,11 +37,12 @@ def mle_loss(log_p, n, h=2 * MLE_LIM / MLE_N):
 def langevin(energy, x, steps, step_size, noise_scale):
     """k steps of Langevin dynamics on p_θ from x: x ← x + a ∇ₓ log p̃_θ(x) + b ξ, ξ ~ N(0, I). With b = √(2a)
     (the default) it is the unadjusted Langevin algorithm, whose chain tends to p_θ as a → 0. Only ∇ₓ is computed,
-    no weight gradient (EBM.score). The k steps' noise is drawn at once, and x is updated in place (on a copy)."""
+    no weight gradient (EBM.scorer, built once for the k steps). The k steps' noise is drawn at once, and x is
+    updated in place (on a copy)."""
     noise = torch.randn(steps, *x.shape, device=x.device, dtype=x.dtype).mul_(noise_scale)
-    x = x.clone()
+    x, score = x.clone(), energy.scorer(step_size)
     for k in range(steps):
-        x.add_(energy.score(x, step_size)).add_(noise[k])
+        x.add_(score(x)).add_(noise[k])
     return x
 
 

@@ -4,6 +4,8 @@ import os
 
 import torch
 
+import evaluate
+import flow
 from noise import LEARNED
 
 
@@ -24,13 +26,20 @@ def needed(args):
             "an epoch's noise": 420 * rows,
             'network and Adam state': 16 * params,          # weights, gradients and two moments
             'a step': 8 * (1 + args.nu) * args.batch * activations,   # activations and their gradients
-            'evaluation': 4 * 8192 * activations + 2**22 if args.eval_every else 0,   # a chunk of the grid
+            # a chunk of the grid (the larger), and with Fourier features the inputs at every point (fixed_inputs)
+            'evaluation': 4 * evaluate.CHUNK * activations + 2**22 + (4 * width_in * evaluation_points() if args.fourier else 0)
+                          if args.eval_every else 0,
             # a learned noise: the flow's weights, gradients and Adam state, and what its passes keep for the
             # backward, 5 tensors of hidden floats a row and a layer, for a step's rows or a chunk of the grid
             'the flow': 16 * args.flow_layers * (args.flow_hidden ** 2 + 5 * args.flow_hidden + 2)
-                        + 20 * args.flow_layers * args.flow_hidden * max((1 + args.nu) * args.batch, 8192)
+                        + 20 * args.flow_layers * args.flow_hidden * max((1 + args.nu) * args.batch, flow.CHUNK)
                         if args.noise in LEARNED else 0,
             'the rest': 2**28}                               # torch, matplotlib and the frame
+
+
+def evaluation_points():
+    """The points an evaluation passes through the network: the window's grid, the cells beyond it, the held-out set."""
+    return evaluate.GRID_N ** 2 + len(evaluate.outer_points(evaluate.Z_LIM, evaluate.GRID_N)) + evaluate.TEST_SAMPLES
 
 
 def available(device):

@@ -88,20 +88,32 @@ class EBM(nn.Module):
         g_z = g[:, 2:2 + m] * h[:, 2 + m:] - g[:, 2 + m:] * h[:, 2:2 + m]
         return g[:, :2] + (2 * math.pi) * (g_z @ self.freq.T)
 
-    @torch.no_grad()
     def score(self, x, scale=1.0):
-        """scale · ∇ₓ log p_θ(x), the score that Langevin dynamics follows, with no weight gradient written. It is
-        log_p_and_backward's pass cut to what ∇ₓ needs, called k times a step by cd and pcd: the last layer is
-        linear, so d log p/dh there is -w for every row and it is neither run nor backpropagated, and the layers are
-        called without nn.Module's per-call overhead, which is most of a pass this small."""
+        """scale · ∇ₓ log p_θ(x), with no weight gradient written (scorer's function, for one call)."""
+        return self.scorer(scale)(x)
+
+    def scorer(self, scale=1.0):
+        """The function x -> scale · ∇ₓ log p_θ(x) that Langevin dynamics follows, for weights that stay as they are
+        while it is used (cd's and pcd's k calls a step). It is log_p_and_backward's pass cut to what ∇ₓ needs: the
+        last layer is linear, so d log p/dh there is -w for every row and it is neither run nor backpropagated, nor is
+        the last activation, which only it reads; the layers' weights are looked up once, and the layers called
+        without nn.Module's per-call overhead, which is most of a pass this small."""
         linears = [layer for layer in self.f if isinstance(layer, nn.Linear)]     # a list: slicing nn.Sequential
-        act = self.f[1].forward                                                   # builds a new module each time
-        h0 = h = self.features(x)
-        zs = []
-        for layer in linears[:-1]:
-            zs.append(torch.addmm(layer.bias, h, layer.weight.T))
-            h = act(zs[-1])
-        g = linears[-1].weight.mul(-scale).expand(len(x), -1)
-        for layer, z in zip(reversed(linears[:-1]), reversed(zs), strict=True):
-            g = self.act_backward(g, z) @ layer.weight
-        return self.features_backward(g, h0)
+        act, act_backward = self.f[1].forward, self.act_backward                   # builds a new module each time
+        with torch.no_grad():
+            hidden = [(layer.bias, layer.weight.T, layer.weight) for layer in linears[:-1]]
+            top = linears[-1].weight.mul(-scale)        # scale · d log p/dh at the last hidden layer, for every row
+
+        @torch.no_grad()
+        def score(x):
+            h0 = h = self.features(x)
+            zs = []
+            for i, (bias, weight_t, _) in enumerate(hidden):
+                if i:
+                    h = act(zs[-1])
+                zs.append(torch.addmm(bias, h, weight_t))
+            g = top.expand(len(x), -1)
+            for (_, _, weight), z in zip(reversed(hidden), reversed(zs), strict=True):
+                g = act_backward(g, z) @ weight
+            return self.features_backward(g, h0)
+        return score

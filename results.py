@@ -31,7 +31,7 @@ import resume
 import seeds
 import train
 from baselines import gmm, kde
-from data import DATASETS, log_density, sample_2d_data
+from data import DATASETS, sample_2d_data
 from evaluate import PLOT_LIM, evaluate_flow, grid, log_p_on
 from model import EBM
 from tables import best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
@@ -104,8 +104,7 @@ def run_job(dataset, method, seed, cfg):
     n = cfg['strong_samples'] if method == 'strong' else cfg['samples']
     streams = seeds.streams(seed)
     x_train = sample_2d_data(dataset, n, seeds.generator(streams['data']))
-    x_test = sample_2d_data(dataset, train.TEST_SAMPLES, seeds.generator(streams['test']))
-    H = -log_density(dataset, x_test).double().mean().item()
+    x_test, H = train.held_out(dataset, streams['test'])
     row = dict(dataset=dataset, method=method, seed=seed, H=H, samples=n)
     energy, curve = None, []
     if 'preset' in spec:

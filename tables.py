@@ -20,8 +20,9 @@ def mean_sd(values, digits=3):
 
 
 def num(v, digits=3, sign=''):
-    """A number with `digits` decimals, or in e-notation from 1000 on (a diverged run's KL is in the millions)."""
-    return f'{v:{sign}.{digits}f}' if abs(v) < 1000 else f'{v:{sign}.1e}'
+    """A number with `digits` decimals, or in e-notation from 1000 on (a diverged run's KL is in the millions); a count
+    (digits 0, such as steps a second) in full."""
+    return f'{v:{sign}.{digits}f}' if abs(v) < 1000 or not digits else f'{v:{sign}.1e}'
 
 
 def paired(rows, dataset, a, b, col='kl'):

@@ -6,6 +6,7 @@ $ python train.py --resume --epoch 20          # 20 more epochs of the run in --
 $ python train.py --method cd                   # contrastive divergence; --help lists every method
 """
 import argparse
+import functools
 import math
 import os
 import re
@@ -23,7 +24,7 @@ import optim
 import resume
 import seeds
 from data import DATASETS, log_density, sample_2d_data
-from evaluate import evaluate, evaluate_flow, window_log_p
+from evaluate import TEST_SAMPLES, evaluate, evaluate_flow, fixed_inputs, window_log_p
 from model import ACTIVATIONS, EBM
 from noise import LEARNED, MIN_SAMPLES, NOISES, make_noise
 
@@ -35,7 +36,7 @@ PRESETS = {
     'strong': dict(samples=100000, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25, nu=4,
                    batch=256, epoch=16, lr=2e-3, schedule='cosine'),
 }
-TEST_SAMPLES, TEST_SEED = 20000, 2**32      # the held-out set's size; TEST_SEED only bounds --seed, as it always has
+TEST_SEED = 2**32      # only bounds --seed, as it always has
 FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes into --images
 
 
@@ -214,17 +215,28 @@ def clear_paths(args):
     files.remove_matching(args.images, files.leftovers(FRAMES))
 
 
+@functools.lru_cache(maxsize=1)
+def held_out(dataset, test_seed):
+    """A run's held-out set, TEST_SAMPLES points drawn from the seed's 'test' stream (on the CPU), and the true
+    density's entropy estimate H = mean -log p_data on it. Kept for the last (dataset, stream): results.py asks for
+    it before the run it scores, and pinwheel's exact density takes 0.5 s on 20000 points."""
+    x_test = sample_2d_data(dataset, TEST_SAMPLES, seeds.generator(test_seed))
+    return x_test, -log_density(dataset, x_test).double().mean().item()
+
+
 def evaluator(args, device, test_seed):
     """The exact evaluation of a run, a function of the model (and of a learned noise's flow, a density model too)
     that returns (metrics, log p_θ on the plot's grid), or None if the run does not evaluate: the held-out set
-    (drawn from the seed's 'test' stream) and the true density's entropy H on it, made once."""
+    and the true density's entropy H on it (held_out), made once."""
     if args.eval_every == 0:
         return None
-    x_test = sample_2d_data(args.dataset, TEST_SAMPLES, seeds.generator(test_seed)).to(device)
-    entropy = -log_density(args.dataset, x_test).double().mean().item()
+    x_test, entropy = held_out(args.dataset, test_seed)
+    x_test, fixed = x_test.to(device), []
 
     def exact(energy, q_flow=None):
-        metrics, log_p = evaluate(energy, x_test, entropy)
+        if not fixed:           # at the first evaluation: the inputs at its points, the same at every one
+            fixed.append(fixed_inputs(energy, x_test))
+        metrics, log_p = evaluate(energy, x_test, entropy, fixed=fixed[0])
         if q_flow is not None:
             metrics.update(evaluate_flow(q_flow, x_test, entropy))
         return metrics, log_p

@@ -37,6 +37,9 @@ class GaussEnergy(nn.Module):
             x = x.detach().requires_grad_(True)
             return scale * torch.autograd.grad(self(x).sum(), x)[0]
 
+    def scorer(self, scale=1.0):
+        return lambda x: self.score(x, scale)
+
     def log_z(self):
         return math.log(2 * math.pi) - self.chol.diagonal().abs().log().sum().item()
 

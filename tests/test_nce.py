@@ -86,3 +86,19 @@ def test_quadrature_matches_a_fine_uniform_grid_on_a_trained_network():
     assert abs(log_partition(energy).item() - fine.item()) < 1e-3
     # the fit is sharp enough for the check to mean something: the ring structure is there
     assert abs(energy.c.item() - fine.item()) < 1.0
+
+
+def test_an_evaluation_from_the_fixed_inputs_gives_the_same_numbers_to_the_bit():
+    """A run makes the Fourier features of the evaluation's points once (fixed_inputs) and passes them at every epoch:
+    the metrics and the window's log p_θ are exactly those of the evaluation from the points."""
+    from evaluate import evaluate, fixed_inputs
+    torch.manual_seed(1)
+    energy, x_test = EBM(hidden=32, depth=3, act='silu', fourier=16), torch.randn(3000, 2)
+    fixed = fixed_inputs(energy, x_test)
+    assert [sum(len(c) for c in part) for part in fixed] == [320 ** 2, 160 ** 2 - 80 ** 2, 3000]
+    (plain, log_p), (cached, log_p_cached) = evaluate(energy, x_test, 1.5), evaluate(energy, x_test, 1.5, fixed=fixed)
+    assert plain == cached and torch.equal(log_p, log_p_cached)
+    with torch.no_grad():
+        energy.f[0].weight.mul_(1.1)             # the weights train; the features do not
+    assert evaluate(energy, x_test, 1.5)[0] == evaluate(energy, x_test, 1.5, fixed=fixed)[0] != plain
+    assert fixed_inputs(EBM(), x_test) is None   # without features, the points are the inputs

@@ -295,17 +295,21 @@ if sys.argv[1] == 'keep':
 energy, x_test = EBM(), torch.randn(20000, 2)
 for _ in range(3):
     evaluate(energy, x_test)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    evaluate(energy, x_test)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+rounds = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        evaluate(energy, x_test)
+    rounds.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+print(min(rounds))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
 def test_keep_freed_memory_stops_the_page_faults_of_each_evaluation():
     """Each evaluation allocates and frees MB-sized tensors; with glibc's defaults their pages are handed back
-    and faulted in again every time, after memory.keep_freed_memory() they are reused."""
+    and faulted in again every time, after memory.keep_freed_memory() they are reused. The faults an evaluation are
+    the least of 4 rounds of 3: under the other test workers' load one round once took 2090, the steady state 0 to 51."""
     faults = {how: float(subprocess.run([sys.executable, '-c', FAULTS, how], cwd=ROOT, capture_output=True,
                                         text=True, check=True).stdout) for how in ('default', 'keep')}
     assert faults['keep'] < 1000 and faults['keep'] * 10 < faults['default'], faults
