@@ -227,7 +227,7 @@ def table_floor(steps=5000, evaluations=50, jobs=40):
     from the code as it runs and replayed, times a job's 5000 steps and 50 evaluations and the table's 40 jobs a
     method: what the table would take if everything but its products, as this torch computes them, cost nothing."""
     torch.set_num_threads(1)
-    x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, seeds.generator(STREAMS['test'])).to(device)
+    x_test = train.held_out('8gaussians', STREAMS['test'])[0].to(device)
     total = 0
     for name in methods.METHODS:
         step, energy = build_step('--method', name, *(['--act', 'silu'] if name == 'sm' else []))   # as results.py
@@ -328,7 +328,7 @@ step_strong, _ = step_of('--preset', 'strong')
 epoch_ours = time_train_epoch()
 fce_ebm, fce_both = (step_of('--noise', 'fce', fce_threshold=t)[0] for t in (1.0, 0.0))   # the flow never, always stepping
 epoch_fce = time_train_epoch(5, 25, '--noise', 'fce')
-x_test = sample_2d_data('8gaussians', train.TEST_SAMPLES, seeds.generator(STREAMS['test'])).to(device)
+x_test = train.held_out('8gaussians', STREAMS['test'])[0].to(device)
 frame = plot.Frame(x_train, make_noise('gaussian', x_train))
 with tempfile.TemporaryDirectory() as tmp:
     log_p = window_log_p(energy)
