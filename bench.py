@@ -222,15 +222,21 @@ def replay(calls, n):
     made = [(f, [torch.empty_strided(*shape, device=device).normal_() for shape in shapes], k) for (f, shapes), k in calls.items()]
     return timed(lambda: [f(*ts) for f, ts, k in made for _ in range(k)], n, burn=2)
 
-def table_floor(steps=5000, evaluations=50, jobs=40):
+def table_floor(seeds=5):
     """The estimator table's matrix products alone, on one thread: each method's step's and an evaluation's, taken
-    from the code as it runs and replayed, times a job's 5000 steps and 50 evaluations and the table's 40 jobs a
-    method: what the table would take if everything but its products, as this torch computes them, cost nothing."""
+    from the code as it runs and replayed, times a job's steps and evaluations (the original budget: 5000 and 50)
+    and the table's jobs a method (8 datasets, 5 seeds): what the table would take if everything but its products,
+    as this torch computes them, cost nothing."""
+    import results
     torch.set_num_threads(1)
+    preset = train.PRESETS['original']
+    evaluations = preset['epoch']
+    steps, jobs = evaluations * -(-preset['samples'] // preset['batch']), len(results.DATASETS) * seeds
     x_test = train.held_out('8gaussians', STREAMS['test'])[0].to(device)
     total = 0
-    for name in methods.METHODS:
-        step, energy = build_step('--method', name, *(['--act', 'silu'] if name == 'sm' else []))   # as results.py
+    for name in results.ESTIMATORS:
+        spec = results.METHODS[name]        # the flags results.py runs it with (sm on SiLU)
+        step, energy = build_step('--method', spec.get('method', 'nce'), *(['--act', spec['act']] if 'act' in spec else []))
         for _ in range(3):
             step()
         t_step = replay(products(step), args.steps)

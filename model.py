@@ -98,8 +98,9 @@ class EBM(nn.Module):
         last layer is linear, so d log p/dh there is -w for every row and it is neither run nor backpropagated, nor is
         the last activation, which only it reads; the layers' weights are looked up once, and the layers called
         without nn.Module's per-call overhead, which is most of a pass this small."""
-        linears = [layer for layer in self.f if isinstance(layer, nn.Linear)]     # a list: slicing nn.Sequential
-        act, act_backward = self.f[1].forward, self.act_backward                   # builds a new module each time
+        # a list: slicing nn.Sequential builds a new module each time
+        linears = [layer for layer in self.f if isinstance(layer, nn.Linear)]
+        act, act_backward = self.f[1].forward, self.act_backward
         with torch.no_grad():
             hidden = [(layer.bias, layer.weight.T, layer.weight) for layer in linears[:-1]]
             top = linears[-1].weight.mul(-scale)        # scale · d log p/dh at the last hidden layer, for every row

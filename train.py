@@ -224,19 +224,19 @@ def held_out(dataset, test_seed):
     return x_test, -log_density(dataset, x_test).double().mean().item()
 
 
-def evaluator(args, device, test_seed):
-    """The exact evaluation of a run, a function of the model (and of a learned noise's flow, a density model too)
-    that returns (metrics, log p_θ on the plot's grid), or None if the run does not evaluate: the held-out set
-    and the true density's entropy H on it (held_out), made once."""
+def evaluator(args, energy, test_seed):
+    """The exact evaluation of the run's model `energy` (and of a learned noise's flow, a density model too), a
+    function that returns (metrics, log p_θ on the plot's grid), or None if the run does not evaluate: the held-out
+    set and the true density's entropy H on it (held_out), and the network's inputs at the evaluation's points
+    (fixed_inputs), made once."""
     if args.eval_every == 0:
         return None
     x_test, entropy = held_out(args.dataset, test_seed)
-    x_test, fixed = x_test.to(device), []
+    x_test = x_test.to(energy.c.device)
+    fixed = fixed_inputs(energy, x_test)
 
-    def exact(energy, q_flow=None):
-        if not fixed:           # at the first evaluation: the inputs at its points, the same at every one
-            fixed.append(fixed_inputs(energy, x_test))
-        metrics, log_p = evaluate(energy, x_test, entropy, fixed=fixed[0])
+    def exact(q_flow=None):
+        metrics, log_p = evaluate(energy, x_test, entropy, fixed=fixed)
         if q_flow is not None:
             metrics.update(evaluate_flow(q_flow, x_test, entropy))
         return metrics, log_p
@@ -299,7 +299,7 @@ def run(args):
     clear_paths(args)
     steps, end = math.ceil(args.samples / args.batch), start + args.epoch   # steps per epoch; the last batch may be smaller
     lr_at = optim.lr_schedule(args.schedule, args.lr, total=end * steps)
-    exact = evaluator(args, device, streams['test'])
+    exact = evaluator(args, energy, streams['test'])
     if not args.no_plot:
         import plot
         frame = plot.Frame(x_train, noise)
@@ -328,7 +328,7 @@ def run(args):
                        log_z=None, nll=None, kl=None, flow_nll=None, flow_kl=None, flow_steps=method.state.get('flow_steps'))
             log_p = None
             if exact and (epoch - start + 1) % args.eval_every == 0:
-                metrics, log_p = exact(energy, q_flow)
+                metrics, log_p = exact(q_flow)
                 row.update(metrics, c=metrics['c'] if args.method in methods.LEARNS_C else None)   # a c that is not learned is blank
             if not args.no_plot:
                 frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch),
