@@ -75,8 +75,9 @@ STRONG_ESTIMATORS = ('strong-10k', *(f'strong-10k-{m}' for m in ESTIMATORS[1:]))
 # pcd, each chosen by the original network's table (docs/estimators.md)
 STRONG_TABLE = ('strong-10k', 'strong-10k-rank', 'strong-10k-ence', 'strong-10k-mle', 'strong-10k-sm', 'strong-10k-pcd')
 CURVE_COLUMNS = ('dataset', 'method', 'seed', 'epoch', 'train_seconds', 'kl', 'gap')
+# seconds a job on one thread, as measured on earlier machines: the longest go first
 COST = {'strong': 37, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
-        'strong-10k': 8, 'kde': 7, 'gmm': 4}     # seconds a job on one thread: the longest go first
+        'strong-10k-pcd': 26, 'strong-10k-mle': 21, 'strong-10k-sm': 17, 'strong-10k': 8, 'kde': 7, 'gmm': 4}
 COLUMNS = ('dataset', 'method', 'seed', 'nll', 'kl', 'c', 'log_z', 'gap', 'H', 'seconds',
            'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth', 'flow_kl', 'flow_steps', 'flow_mle_kl')
 N_IMG = 160     # the figure's grid

@@ -42,12 +42,15 @@ def test_the_flow_and_the_noise_integrate_to_one_on_the_quadrature_square():
         assert noise.flow.log_prob(x).mean() > start.log_prob(x).mean() + 0.3
 
 
-def test_a_sample_maps_back_to_its_own_log_density():
+@pytest.mark.parametrize('dtype, rtol', [(torch.float64, 1e-12), (torch.float32, 1e-3)])
+def test_a_sample_maps_back_to_its_own_log_density(dtype, rtol):
+    """Exact in float64. In float32 the perturbed flow throws samples out to |x| ~ 400, where mapping them back
+    loses a relative 2e-4 of log q on one CPU (1.3e-3 absolute at x ≈ (-165, 166)), so the bound is relative."""
     x = sample_2d_data('rings', 500, torch.Generator().manual_seed(0))
-    flow = perturbed_flow(x).flow
+    flow = perturbed_flow(x, dtype=dtype).flow
     with torch.no_grad():
         gen, log_q = flow.rsample_and_log_prob(1000)
-        assert torch.allclose(flow.log_prob(gen), log_q, atol=1e-3)
+        assert torch.allclose(flow.log_prob(gen), log_q, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize('fourier, broad', [(0, 0.1), (8, 0.1), (0, 0.0)])

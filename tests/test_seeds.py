@@ -105,7 +105,9 @@ def test_no_script_seeds_a_generator_but_seeds_py():
 def test_a_checkpoint_of_the_previous_release_resumes_as_it_was_written(run, tmp_path):
     """tests/data holds a run of the release before the streams (--samples 500 --hidden 16 --seed 3 --noise gmm):
     its epoch-0 checkpoint and, from a straight 2-epoch run, its epoch-1 checkpoint. Resumed here for one epoch,
-    the first must become the second, bit for bit: same data, same mixture, same held-out set."""
+    the first must become the second: same data, same mixture, same held-out set. Bit for bit on the CPU that wrote
+    them; on another, MKL's matrix products may round in another order, which moves a weight by an ulp (1.5e-8 seen
+    on an Intel CPU, for files written on an AMD one), so the weights are compared to float32's precision."""
     data = os.path.join(ROOT, 'tests/data')
     shutil.copy(os.path.join(data, 'previous-release-epoch0.pth.tar'), tmp_path / 'nce.pth.tar')
     shutil.copy(os.path.join(data, 'previous-release-epoch0.metrics.csv'), tmp_path / 'metrics.csv')
@@ -113,7 +115,7 @@ def test_a_checkpoint_of_the_previous_release_resumes_as_it_was_written(run, tmp
             '--no-plot', '--ckpt', tmp_path / 'nce.pth.tar')
     assert p.returncode == 0, p.stderr
     got, want = load_checkpoint(tmp_path / 'nce.pth.tar'), load_checkpoint(os.path.join(data, 'previous-release-epoch1.pth.tar'))
-    assert all(torch.equal(got['energy'][k], want['energy'][k]) for k in want['energy'])
-    assert got['history'][-1]['kl'] == want['history'][-1]['kl']
+    assert all(torch.allclose(got['energy'][k], want['energy'][k], rtol=1e-6, atol=1e-7) for k in want['energy'])
+    assert got['history'][-1]['kl'] == pytest.approx(want['history'][-1]['kl'], rel=1e-6)
     assert got['streams'] == seeds.legacy_streams(3)            # it goes on with the streams it was written with
     assert np.isfinite(got['history'][-1]['nll'])
