@@ -281,6 +281,10 @@ def run(args):
     ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm
     device = torch.device(args.device)
+    if device.type == 'cpu':
+        # float32 numbers below 1.2e-38 (exp of a very negative log p, as at an mle node far from the data) take a slow
+        # path on many x86 CPUs, up to 5 times a step's time; as zeros they changed no row of the tables (docs/estimators.md)
+        torch.set_flush_denormal(True)
     # a stream per purpose (seeds.py); a checkpoint keeps the streams it was trained with
     streams = resume.run_streams(args, ckpt)
     x_train = sample_2d_data(args.dataset, args.samples, seeds.generator(streams['data'])).to(device)

@@ -72,6 +72,21 @@ def test_resume_is_exact_and_the_seed_fixes_the_run(tmp_path, monkeypatch, capsy
     assert metrics(tmp_path / 'a/metrics.csv') != metrics(tmp_path / 'd/metrics.csv')
 
 
+def test_a_cpu_run_flushes_subnormal_floats_to_zero(tmp_path, monkeypatch, capsys):
+    """train.py on the CPU rounds float32 numbers below 1.2e-38 to zero, which many x86 CPUs compute slowly
+    (docs/estimators.md). On a CPU without the mode (set_flush_denormal returns False) there is nothing to check."""
+    monkeypatch.chdir(tmp_path)
+    if not torch.set_flush_denormal(False):
+        pytest.skip('this CPU has no flush-to-zero mode')
+    small = torch.tensor([1e-30])                        # normal in float32, as is 1e-10; their product is not
+    try:
+        assert (small * 1e-10).item() > 0                # subnormal, kept
+        train_here('--epoch', 1, '--no-plot', '--device', 'cpu', *SMALL)
+        assert (small * 1e-10).item() == 0
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_a_fresh_run_removes_the_frames_of_an_earlier_run(run, tmp_path):
     (tmp_path / 'images').mkdir()
     for name in ('epoch_7.png', 'epoch_12.png', 'notes.txt'):
