@@ -183,6 +183,7 @@ def estimators():
     with twice the noise."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    train.flush_subnormals(device)      # as train.py runs them
     print('each --method\'s step against NCE\'s, one thread:')
     for name, flags, against, target in ESTIMATORS:
         ref_flags = ['--act', 'softplus'] if 'softplus' in flags else []
@@ -293,7 +294,7 @@ def original_plot(energy, noise, path):
     plt.close(fig)
 
 
-# the original first, in the process as Python starts it; then ours, with glibc set up as train.py sets it
+# the original first, in the process as Python starts it; then ours, with the process set up as train.py sets it
 import plot  # here: matplotlib's import is not part of any timing
 
 orig_epoch, orig_energy, orig_noise = original_loop()
@@ -327,7 +328,8 @@ def time_train_epoch(short=5, long=25, *flags):
 
 orig_step, t_orig_plot, epoch_orig = time_original()
 memory.keep_freed_memory()
-# the same setting helps the original too: measured again, so the ratios can be read with and without it
+train.flush_subnormals(device)
+# the same settings help the original too: measured again, so the ratios can be read with and without it
 orig_step_kept, t_orig_plot_kept, epoch_orig_kept = time_original()
 step_default, energy = step_of()
 step_strong, _ = step_of('--preset', 'strong')
@@ -352,7 +354,7 @@ print(f'epoch as train.py runs it (100 steps, evaluation, frame, checkpoint, met
 print(f'fce step (original network, batch 100): EBM step alone {fce_ebm * 1e3:.3f} ms ({fce_ebm / step_default:.1f}x the NCE step), '
       f'with a flow step {fce_both * 1e3:.3f} ms ({fce_both / step_default:.1f}x); an fce epoch as train.py runs it '
       f'{epoch_fce * 1e3:.0f} ms ({epoch_fce / epoch_ours:.1f}x the NCE epoch)')
-print(f'original with the same glibc setting (memory.keep_freed_memory): step {orig_step_kept * 1e3:.3f} ms '
+print(f'original with the same settings (memory.keep_freed_memory, train.flush_subnormals): step {orig_step_kept * 1e3:.3f} ms '
       f'({orig_step_kept / step_default:.1f}x ours), epoch {epoch_orig_kept * 1e3:.0f} ms ({epoch_orig_kept / epoch_ours:.1f}x ours)')
 estimators()
 

@@ -215,6 +215,15 @@ def clear_paths(args):
     files.remove_matching(args.images, files.leftovers(FRAMES))
 
 
+def flush_subnormals(device):
+    """On a CPU `device`, have it round float32 results below 1.2e-38 to zero, for the whole process: such numbers
+    (exp of a very negative log p, as at an mle node far from the data) take a slow path on many x86 CPUs, up to 5
+    times a step's time, and as zeros they changed no row of the tables (docs/estimators.md). Does nothing on a CPU
+    without the mode."""
+    if device.type == 'cpu':
+        torch.set_flush_denormal(True)
+
+
 @functools.lru_cache(maxsize=1)
 def held_out(dataset, test_seed):
     """A run's held-out set, TEST_SAMPLES points drawn from the seed's 'test' stream (on the CPU), and the true
@@ -281,10 +290,7 @@ def run(args):
     ckpt = check_resume(args, model_kwargs) if args.resume else None
     from tqdm import tqdm
     device = torch.device(args.device)
-    if device.type == 'cpu':
-        # float32 numbers below 1.2e-38 (exp of a very negative log p, as at an mle node far from the data) take a slow
-        # path on many x86 CPUs, up to 5 times a step's time; as zeros they changed no row of the tables (docs/estimators.md)
-        torch.set_flush_denormal(True)
+    flush_subnormals(device)
     # a stream per purpose (seeds.py); a checkpoint keeps the streams it was trained with
     streams = resume.run_streams(args, ckpt)
     x_train = sample_2d_data(args.dataset, args.samples, seeds.generator(streams['data'])).to(device)
