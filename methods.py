@@ -20,7 +20,7 @@ METHODS = {     # --method: one line each for --help
     'cnce': 'conditional NCE (Ceylan & Gutmann 2018): each point against noisy copies x + εξ',
     'ence': 'eNCE (Liu et al. 2022): NCE with the exponential loss; learns c; pair with --optim ngd',
     'is': 'importance-sampling maximum likelihood (Geyer 1994): log Z from the noise draws',
-    'mle': 'exact maximum likelihood: log Z by quadrature on a shifted 48x48 grid every step',
+    'mle': 'exact maximum likelihood: log Z over the plane by a shifted quadrature every step',
     'sm': 'score matching (Hyvärinen 2005), exact in 2D; needs a smooth --act',
     'dsm': 'denoising score matching (Vincent 2011) at noise scale --sigma',
     'cd': 'contrastive divergence (Hinton 2002): --langevin-steps Langevin steps from the data',
@@ -246,7 +246,7 @@ def build(args, energy, noise, x_train, log_q_train, adam, flow_adam=None, saved
         return Method(cnce_batches, lambda batch, lr: step_on(cnce_loss, batch[0], nu, lr=lr), values, state)
     if method == 'mle':
         base = mle_grid(x_train.device)
-        return Method(each, lambda x, lr: step_on(mle_loss, torch.cat([x, mle_nodes(base)]), len(x), lr=lr), values, state)
+        return Method(each, lambda x, lr: step_on(mle_loss, torch.cat([x, mle_nodes(base)]), len(x), base[2], lr=lr), values, state)
     if method == 'sm':
         return Method(each, lambda x, lr: step_autograd(sm_loss_mlp(energy, x), lr), values, state)
     if method == 'dsm':

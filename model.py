@@ -22,10 +22,16 @@ class EBM(nn.Module):
     fourier=m > 0 feeds the MLP [x, sin 2πBx, cos 2πBx] instead of x, with B a fixed random dim×m matrix of
     frequencies drawn from N(0, fourier_std²) (cycles per unit), kept as a buffer so a checkpoint restores it.
     These random Fourier features (Tancik et al. 2020) let a small MLP draw sharp edges, such as the
-    checkerboard's, that it otherwise learns only slowly; fourier_std sets the finest detail it can draw."""
+    checkerboard's, that it otherwise learns only slowly; fourier_std sets the finest detail it can draw.
 
-    def __init__(self, dim=2, hidden=128, depth=2, act='leaky_relu', fourier=0, fourier_std=0.25):
+    base=s > 0 multiplies the model by a fixed Gaussian, p̃_θ(x) = N(x; 0, s²I) exp(-f_θ(x)): log p_θ gains
+    -|x|²/2s² - log 2πs². An MLP's f grows at most linearly far from the data, so the base makes the model
+    normalisable whatever the network does where no data and no noise lie (docs/strong-preset.md). With the base equal
+    to NCE's noise q, log q cancels in NCE's logit, which is then -f_θ - c - log ν."""
+
+    def __init__(self, dim=2, hidden=128, depth=2, act='leaky_relu', fourier=0, fourier_std=0.25, base=0.0):
         super().__init__()
+        self.base = base
         self.register_buffer('freq', fourier_std * torch.randn(dim, fourier) if fourier else None)
         self.act, self.act_backward = act, ACTIVATIONS[act][1]
         layers, width = [], dim + 2 * fourier
@@ -42,8 +48,17 @@ class EBM(nn.Module):
         z = (2 * math.pi) * (x @ self.freq)
         return torch.cat([x, z.sin(), z.cos()], 1)
 
+    def log_base(self, x):
+        """log N(x; 0, s²I) of the base, shape (N, 1), or 0 without one. x: the points, or their features, which
+        begin with them."""
+        if not self.base:
+            return 0.0
+        d = self.freq.shape[0] if self.freq is not None else x.shape[1]
+        return -0.5 * (x[:, :d] ** 2).sum(1, keepdim=True) / self.base ** 2 - d * math.log(2 * math.pi * self.base ** 2) / 2
+
     def forward(self, x):
-        return -self.f(self.features(x)) - self.c
+        log_p = -self.f(self.features(x)) - self.c
+        return log_p + self.log_base(x) if self.base else log_p
 
     @torch.no_grad()
     def log_p_and_backward(self, x):
@@ -62,8 +77,9 @@ class EBM(nn.Module):
             c_grad=False, c.grad is left as it is: a loss in which c cancels has none to write."""
             if c_grad:
                 self.c.grad = -grad_log_p.sum(0, keepdim=True)
-            return self.backward_from(-grad_log_p.unsqueeze(1), inputs, len(self.f), input_grad)   # dL/df = -dL/d log p
-        return -h.squeeze(1) - self.c, backward
+            g = self.backward_from(-grad_log_p.unsqueeze(1), inputs, len(self.f), input_grad)   # dL/df = -dL/d log p
+            return g - grad_log_p.unsqueeze(1) * x / self.base ** 2 if g is not None and self.base else g
+        return (-h - self.c + self.log_base(x) if self.base else -h - self.c).squeeze(1), backward
 
     @torch.no_grad()
     def backward_from(self, g, inputs, top, input_grad, weights=True):
@@ -116,5 +132,6 @@ class EBM(nn.Module):
             g = top.expand(len(x), -1)
             for (_, _, weight), z in zip(reversed(hidden), reversed(zs), strict=True):
                 g = act_backward(g, z) @ weight
-            return self.features_backward(g, h0)
+            g = self.features_backward(g, h0)
+            return g - x * (scale / self.base ** 2) if self.base else g       # the base's score, -x/s²
         return score

@@ -36,7 +36,8 @@ class Frame:
         self.noise_im = _panel(axs[1], self.density(noise), 'Noise density')
         self.im = _panel(axs[2], np.zeros((n, n)), 'Model density')
         self.fig.tight_layout()
-        self.fig.canvas.draw()      # everything but the model's image is drawn once and kept
+        self.title = axs[2].set_title('', y=1.0)     # where 'Model density' stood; y fixed, as it is drawn alone
+        self.fig.canvas.draw()      # everything but the model's image and title is drawn once and kept
         self.background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
 
     def density(self, noise):
@@ -44,10 +45,11 @@ class Frame:
         with torch.inference_mode():
             return noise.log_prob(self.window).exp().view(n, n).cpu().numpy()
 
-    def save(self, log_p, path, noise=None):
+    def save(self, log_p, path, noise=None, outside=None):
         """Draw exp(log_p), an (n, n) tensor on the grid of grid(PLOT_LIM, n), and write it to path; given a
-        noise that learns (fce), its current density too. Only those panels are redrawn (blitting), and the PNG
-        is compressed lightly: 4x faster than savefig, with the same pixels."""
+        noise that learns (fce), its current density too, and given the share of the model's mass outside the
+        window (evaluate.plane), that share in the model panel's title: mass the panel cannot show. Only those
+        panels are redrawn (blitting), and the PNG is compressed lightly: 4x faster than savefig, the same pixels."""
         from PIL import Image
         p = log_p.exp().cpu().numpy()
         self.im.set_data(p)
@@ -55,6 +57,8 @@ class Frame:
         canvas = self.fig.canvas
         canvas.restore_region(self.background)
         self.im.axes.draw_artist(self.im)
+        self.title.set_text('Model density' if outside is None else f'Model density, {share(outside)} of its mass outside')
+        self.im.axes.draw_artist(self.title)
         if noise is not None:
             q = self.density(noise)
             self.noise_im.set_data(q)
@@ -67,13 +71,18 @@ class Frame:
         plt.close(self.fig)
 
 
+def share(outside):
+    """The share of mass outside the window, for a title: '0.3%', or '<0.1%' below what a title needs to show."""
+    return f'{outside:.1%}' if outside >= 1e-3 else '<0.1%'
+
+
 def plot_curves(history, path):
     """The run over epochs: the objective and accuracy; c against the quadrature's log Z, with the gap between
     them shaded and, on a log scale, |c - log Z|; and the exact KL on a log scale, where its tail shows (a learned
-    noise's flow's too)."""
+    noise's flow's too); and the share of the model's mass outside the window the frames show."""
     ep = np.array([h['epoch'] for h in history])
     col = lambda k: np.array([np.nan if h.get(k) is None else h[k] for h in history], dtype=float)
-    fig, axs = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig, axs = plt.subplots(1, 5, figsize=(20, 3.6))
     axs[0].plot(ep, col('value'), label='-V(θ), the loss (nats)')
     axs[0].plot(ep, col('acc'), label='accuracy (fraction)')
     axs[0].set_title('NCE objective')
@@ -88,6 +97,8 @@ def plot_curves(history, path):
     if not np.isnan(col('flow_kl')).all():      # a learned noise: the flow as a density model of its own
         axs[3].plot(ep, col('flow_kl'), color='C1', label='KL(data || flow)')
     axs[3].set(title=f'KL, log scale (final test NLL {col("nll")[-1]:.4f})', ylabel='nats')
+    axs[4].plot(ep, col('outside'), color='C4')
+    axs[4].set(title='mass outside [-4, 4]², log scale', ylabel='share of the model\'s mass')
     for ax in axs[2:]:
         ax.set_yscale('log', nonpositive='mask')    # a KL estimate a hair below 0, on a finite test set, is left out
     for ax in axs:

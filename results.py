@@ -4,6 +4,7 @@ mixture and a kernel density estimate, every number exact (quadrature, true dens
 
 $ python results.py                                   # every dataset, 5 seeds: results.csv, README.md, the figure
 $ python results.py --methods nce-fit nce-gmm         # the noise-family table (docs/strong-preset.md), same CSV
+$ python results.py --methods strong-nobase strong-10k-nobase   # the strong preset without its base (same doc)
 $ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k strong-10k-flow strong-10k-fce
                                                       # learned noise: the flow and FCE tables (docs/flow.md)
 $ python results.py --methods nce rank cnce ence is mle sm dsm cd pcd   # the estimators, and their curves in curves.csv
@@ -34,7 +35,7 @@ from baselines import gmm, kde
 from data import DATASETS, sample_2d_data
 from evaluate import PLOT_LIM, evaluate_flow, grid, log_p_on
 from model import EBM
-from tables import best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
+from tables import base_table, best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BASE_SAMPLES, STRONG_SAMPLES = train.PRESETS['original']['samples'], train.PRESETS['strong']['samples']
@@ -47,6 +48,8 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'nce-gmm': dict(preset='original', noise='gmm'),
     'strong': dict(preset='strong', noise='gaussian'),     # on --strong-samples, the rest on --samples
     'strong-10k': dict(preset='strong', noise='gaussian', epoch=FAIR_EPOCHS),
+    'strong-nobase': dict(preset='strong', noise='gaussian', base=0.0),     # as it was, without its base (docs/strong-preset.md)
+    'strong-10k-nobase': dict(preset='strong', noise='gaussian', epoch=FAIR_EPOCHS, base=0.0),
     'nce-flow': dict(preset='original', noise='flow'),              # a flow fitted by MLE, fixed, mixed with N(0, 4I)
     'nce-flow-narrow': dict(preset='original', noise='flow', flow_broad=0),     # the same flow alone
     'fce': dict(preset='original', noise='fce'),                    # the flow trained against the EBM
@@ -76,7 +79,7 @@ STRONG_ESTIMATORS = ('strong-10k', *(f'strong-10k-{m}' for m in ESTIMATORS[1:]))
 STRONG_TABLE = ('strong-10k', 'strong-10k-rank', 'strong-10k-ence', 'strong-10k-mle', 'strong-10k-sm', 'strong-10k-pcd')
 CURVE_COLUMNS = ('dataset', 'method', 'seed', 'epoch', 'train_seconds', 'kl', 'gap')
 # seconds a job on one thread, as measured on earlier machines: the longest go first
-COST = {'strong': 37, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
+COST = {'strong': 37, 'strong-nobase': 45, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
         'strong-10k-pcd': 26, 'strong-10k-mle': 21, 'strong-10k-sm': 17, 'strong-10k': 8, 'kde': 7, 'gmm': 4}
 COLUMNS = ('dataset', 'method', 'seed', 'nll', 'kl', 'c', 'log_z', 'gap', 'H', 'seconds',
            'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth', 'flow_kl', 'flow_steps', 'flow_mle_kl')
@@ -102,7 +105,7 @@ def job(dataset, method, seed, cfg):
 def run_job(dataset, method, seed, cfg):
     t = start = time.perf_counter()
     spec = METHODS[method]
-    n = cfg['strong_samples'] if method == 'strong' else cfg['samples']
+    n = cfg['strong_samples'] if method in ('strong', 'strong-nobase') else cfg['samples']
     streams = seeds.streams(seed)
     x_train = sample_2d_data(dataset, n, seeds.generator(streams['data']))
     x_test, H = train.held_out(dataset, streams['test'])
@@ -148,7 +151,7 @@ def nce(dataset, seed, spec, n, epochs, every):
         ckpt = os.path.join(tmp, 'nce.pth.tar')
         argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--samples', str(n),
                 '--epoch', str(epochs), '--eval-every', str(every), '--no-plot', '--ckpt', ckpt]
-        for k in ('method', 'noise', 'flow_broad', 'act'):
+        for k in ('method', 'noise', 'flow_broad', 'act', 'base'):
             argv += [f'--{k.replace("_", "-")}', str(spec[k])] if k in spec else []
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train.main(train.get_args(argv))
@@ -267,6 +270,9 @@ def write_docs(rows, ran, wall=None, curves=()):
         text += '\n\n' + footer(readme, 'python results.py', wall if set(DEFAULT_METHODS) <= set(ran) else None)
         put(readme, 'results', text)
         put(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(rows))
+    if set(ran) & {'strong', 'strong-10k', 'strong-nobase', 'strong-10k-nobase'} and any(r['method'] == 'strong-nobase' for r in rows):
+        text += '\n\n' + base_table(rows)
+        put(os.path.join(ROOT, 'docs/strong-preset.md'), 'base', base_table(rows))
     if set(ran) & {'nce-fit', 'nce-gmm'}:
         text += '\n\n' + noise_table(rows)
         put(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(rows))
@@ -278,16 +284,13 @@ def write_docs(rows, ran, wall=None, curves=()):
     for block, table, reference, efficient, image in (('benchmark', ESTIMATORS, 'nce', 'mle', 'images/estimators.png'),
                                                       ('strong-benchmark', STRONG_TABLE, 'strong-10k', 'strong-10k-mle', 'images/estimators-strong.png')):
         if set(ran) & set(table) - set(DEFAULT_METHODS) and any(r.get('kl5') is not None for r in scored if r['method'] in table):
-            made = estimator_tables(scored, table, reference, efficient, short) + '\n\n' + footer(
-                doc, 'python results.py --methods ' + ' '.join(table), wall if set(table) <= set(ran) else None)
+            made = estimator_tables(scored, table, reference, efficient, short) + '\n\n' + footer(doc, 'python results.py --methods ' + ' '.join(table), wall if set(table) <= set(ran) else None)
             text += '\n\n' + made
             put(doc, block, made)
             if block == 'benchmark':
                 put(readme, 'best', best_table(scored, table, reference, efficient, short))
-            # matplotlib, only where a figure is drawn
-            import plot
-            plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short,
-                                  order=ESTIMATORS)
+            import plot  # matplotlib, only where a figure is drawn
+            plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short, order=ESTIMATORS)
     return text
 
 

@@ -13,8 +13,8 @@ RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset', 'method', 'optim') 
 OLD = dict(method='nce', optim='adam')      # what a checkpoint from before --method and --optim was trained with
 FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
 # a history row: the columns every row has, and those a row may leave blank (None) or, from an older run, lack
-NUMBERS, BLANKS, OPTIONAL = ('value', 'acc', 'seconds'), ('c', 'log_z', 'nll', 'kl'), ('flow_nll', 'flow_kl', 'train_seconds')
-KWARGS = dict(dim=int, hidden=int, depth=int, act=str, fourier=int, fourier_std=float)   # EBM's arguments
+NUMBERS, BLANKS, OPTIONAL = ('value', 'acc', 'seconds'), ('c', 'log_z', 'nll', 'kl'), ('flow_nll', 'flow_kl', 'train_seconds', 'outside', 'log_z_err')
+KWARGS = dict(dim=int, hidden=int, depth=int, act=str, fourier=int, fourier_std=float, base=float)   # EBM's arguments
 
 
 class Unfit(files.CheckpointError):

@@ -69,5 +69,7 @@ def sm_loss_mlp(energy, x):
             h, a1, a2 = derivatives(h)
             j, k = a1 * j, a2 * j * j + a1 * k
     j, k = j[..., 0], k[..., 0]         # f's: ∇ₓ f and its second derivatives
-    # log p̃ = -f: ∇ₓ log p̃ = -J, Δ log p̃ = -Σ_d K_d
-    return (0.5 * (j ** 2).sum(0) - k.sum(0)).mean()
+    # log p̃ = -f: ∇ₓ log p̃ = -J, Δ log p̃ = -Σ_d K_d; a base N(0, s²I) adds -x/s² and -d/s²
+    if not energy.base:
+        return (0.5 * (j ** 2).sum(0) - k.sum(0)).mean()
+    return (0.5 * ((j + x.T / energy.base ** 2) ** 2).sum(0) - k.sum(0) - d / energy.base ** 2).mean()

@@ -24,19 +24,21 @@ import optim
 import resume
 import seeds
 from data import DATASETS, log_density, sample_2d_data
-from evaluate import TEST_SAMPLES, evaluate, evaluate_flow, fixed_inputs, window_log_p
+from evaluate import FAR, TEST_SAMPLES, evaluate, evaluate_flow, fixed_inputs, window_log_p
 from model import ACTIVATIONS, EBM
 from noise import LEARNED, MIN_SAMPLES, NOISES, make_noise
 
 PRESETS = {
     # the original script
-    'original': dict(samples=10000, hidden=128, depth=2, act='leaky_relu', fourier=0, fourier_std=0.25, nu=1,
+    'original': dict(samples=10000, hidden=128, depth=2, act='leaky_relu', fourier=0, fourier_std=0.25, base=0.0, nu=1,
                      batch=100, epoch=50, lr=1e-3, schedule='constant'),
     # measured to reach the true density on every dataset in well under a minute of a 2-core CPU (see README)
-    'strong': dict(samples=100000, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25, nu=4,
+    'strong': dict(samples=100000, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25, base=2.0, nu=4,
                    batch=256, epoch=16, lr=2e-3, schedule='cosine'),
 }
 TEST_SEED = 2**32      # only bounds --seed, as it always has
+NOT_NORMALISABLE = (f'the model is not normalisable: exp(-f) still carries mass {FAR:.0f} units out (its energy does not '
+                    'grow in some direction), so log Z, the test NLL and the KL are inf')
 FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes into --images
 
 
@@ -55,6 +57,8 @@ def get_args(argv=None):
     p.add_argument('--act', choices=list(ACTIVATIONS), help='activation (preset)')
     p.add_argument('--fourier', type=int, help='random Fourier features of the input, 0 for none (preset)')
     p.add_argument('--fourier-std', type=float, help='std of their frequencies, in cycles per unit (preset)')
+    p.add_argument('--base', type=float, help='std s of a fixed Gaussian base, p(x) ∝ N(x; 0, s²I) exp(-f(x)), which keeps '
+                   'the model normalisable and its mass where the noise can see it; 0 for none (preset; original 0)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
     p.add_argument('--noise', choices=NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
                    'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, '
@@ -101,6 +105,8 @@ def get_args(argv=None):
         p.error(f'argument --fourier: must be 0 or more, got {args.fourier}')
     if not (math.isfinite(args.fourier_std) and args.fourier_std > 0):
         p.error(f'argument --fourier-std: must be finite and positive, got {args.fourier_std}')
+    if not (math.isfinite(args.base) and args.base >= 0):
+        p.error(f'argument --base: must be finite and 0 or more, got {args.base}')
     if args.batch > args.samples:
         p.error(f'argument --batch: {args.batch} is larger than --samples {args.samples}')
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -202,6 +208,8 @@ def network_kwargs(cfg):
     kwargs = dict(dim=2, hidden=cfg['hidden'], depth=cfg['depth'], act=cfg['act'])
     if cfg['fourier']:
         kwargs.update(fourier=cfg['fourier'], fourier_std=cfg['fourier_std'])
+    if cfg.get('base'):
+        kwargs.update(base=float(cfg['base']))
     return kwargs
 
 
@@ -268,6 +276,7 @@ def summary(args, history, start, end):
     if last['nll'] is not None:
         out += f', c {last["c"]:.3f}' if last['c'] is not None else ''
         out += f', log Z {last["log_z"]:.3f}, test NLL {last["nll"]:.4f}'
+        out += f', {last["outside"]:.2%} of its mass outside [-4, 4]²' if last.get('outside') is not None else ''
         out += f', KL {last["kl"]:.4f}' if last['kl'] is not None else ''
         out += f', flow KL {last["flow_kl"]:.4f}' if last.get('flow_kl') is not None else ''
         out += f', flow steps {last["flow_steps"]}' if last.get('flow_steps') is not None else ''
@@ -335,14 +344,17 @@ def run(args):
                 fail(f'non-finite loss at epoch {epoch}, step {bad[0].item()}; stopped ({kept})')
             train_seconds = time.time() - t0            # the steps alone: the check above waited for them
             row = dict(epoch=epoch, value=losses.mean().item(), acc=None if accs is None else accs.mean().item(), c=None,
-                       log_z=None, nll=None, kl=None, flow_nll=None, flow_kl=None, flow_steps=method.state.get('flow_steps'))
+                       log_z=None, nll=None, kl=None, outside=None, log_z_err=None, flow_nll=None, flow_kl=None,
+                       flow_steps=method.state.get('flow_steps'))
             log_p = None
             if exact and (epoch - start + 1) % args.eval_every == 0:
                 metrics, log_p = exact(q_flow)
                 row.update(metrics, c=metrics['c'] if args.method in methods.LEARNS_C else None)   # a c that is not learned is blank
+                if metrics['log_z'] == math.inf and not any(h['log_z'] == math.inf for h in history):
+                    pbar.write(f'epoch {epoch}: {NOT_NORMALISABLE}')
             if not args.no_plot:
                 frame.save(log_p if log_p is not None else window_log_p(energy), frame_path(args, epoch),
-                           noise if args.noise == 'fce' else None)
+                           noise if args.noise == 'fce' else None, row['outside'])
             row.update(seconds=time.time() - t0, train_seconds=train_seconds)
             with files.ctrl_c_held():       # so that history[-1] is always the epoch the checkpoint holds
                 history.append(row)
@@ -353,7 +365,7 @@ def run(args):
                     state.update(flow=q_flow.state_dict(), flow_optimizer=flow_adam)
                 files.save_checkpoint(state, args.ckpt)
                 files.write_metrics(history, metrics_path(args))
-            pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds', 'train_seconds') and v is not None})
+            pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds', 'train_seconds', 'log_z_err') and v is not None})
     except KeyboardInterrupt:
         pbar.close()
         stop_interrupted(args, history, end)

@@ -67,8 +67,9 @@ def cnce(eps=0.5):
 def mle():
     x = samples(N, 0)
     torch.manual_seed(2)
-    nodes = mle_nodes(mle_grid()).double()
-    return lambda energy: mle_loss(energy(torch.cat([x, nodes])).squeeze(1), N)[0]
+    base = mle_grid()
+    nodes = mle_nodes(base).double()
+    return lambda energy: mle_loss(energy(torch.cat([x, nodes])).squeeze(1), N, base[2].double())[0]
 
 
 # each method, its loss as a function of the model, and its tolerances on the mean, the covariance and c - log Z
@@ -156,17 +157,17 @@ WRITTEN = {     # a method: its loss of log p̃ at u, and u
     'ence': lambda: (lambda lp, u, lq: ence_loss(lp, lq, 3), *layout(3)),
     'is': lambda: (lambda lp, u, lq: is_loss(lp, lq, 3), *layout(3)),
     'cnce': lambda: (lambda lp, u, lq: cnce_loss(lp, 3), *layout(3)),
-    'mle': lambda: (lambda lp, u, lq: mle_loss(lp, 30), torch.cat([layout(1)[0][:30], mle_nodes(mle_grid()).double()]), None),
+    'mle': lambda: (lambda lp, u, lq: mle_loss(lp, 30, mle_grid()[2].double()), torch.cat([layout(1)[0][:30], mle_nodes(mle_grid()).double()]), None),
     'cd': lambda: (lambda lp, u, lq: cd_loss(lp, 30), layout(1)[0], None),
 }
 
 
-@pytest.mark.parametrize('act', ['leaky_relu', 'silu'])
+@pytest.mark.parametrize('act, base', [('leaky_relu', 0.0), ('silu', 0.0), ('silu', 2.0)])
 @pytest.mark.parametrize('name', WRITTEN)
-def test_each_written_out_gradient_is_autograds(name, act):
+def test_each_written_out_gradient_is_autograds(name, act, base):
     torch.manual_seed(6)
     loss_fn, u, log_q = WRITTEN[name]()
-    energy = EBM(hidden=16, act=act).double()
+    energy = EBM(hidden=16, act=act, base=base).double()
     log_p, backward = energy.log_p_and_backward(u)
     backward(loss_fn(log_p, u, log_q)[1])
     mine = {k: p.grad.clone() for k, p in energy.named_parameters()}
@@ -178,23 +179,23 @@ def test_each_written_out_gradient_is_autograds(name, act):
         assert abs(p.grad.item() if k == 'c' else energy.c.grad.item()) < 1e-12     # c cancels
 
 
-@pytest.mark.parametrize('fourier', [0, 8])
-def test_the_score_is_autograds_gradient_in_x(fourier):
+@pytest.mark.parametrize('fourier, base', [(0, 0.0), (8, 0.0), (8, 1.5)])
+def test_the_score_is_autograds_gradient_in_x(fourier, base):
     torch.manual_seed(7)
-    energy = EBM(hidden=16, act='silu', fourier=fourier).double()
+    energy = EBM(hidden=16, act='silu', fourier=fourier, base=base).double()
     x = torch.randn(40, 2, dtype=torch.float64, requires_grad=True)
     want = torch.autograd.grad(energy(x).sum(), x)[0]
     assert torch.allclose(energy.score(x.detach()), want, rtol=1e-10, atol=1e-12)
     assert all(p.grad is None for p in energy.parameters())        # and no weight gradient is written
 
 
-@pytest.mark.parametrize('fourier', [0, 8])
+@pytest.mark.parametrize('fourier, base', [(0, 0.0), (8, 0.0), (8, 1.5)])
 @pytest.mark.parametrize('act', ['softplus', 'silu', 'gelu', 'tanh'])
-def test_the_forward_mode_score_matching_loss_is_autograds(act, fourier):
+def test_the_forward_mode_score_matching_loss_is_autograds(act, fourier, base):
     """--method sm's written-out pass (sm_loss_mlp) against sm_loss by autograd's double backward: the loss and its
-    gradient in θ, on the network with and without Fourier features."""
+    gradient in θ, on the network with and without Fourier features and a Gaussian base."""
     torch.manual_seed(9)
-    energy, x = EBM(hidden=16, act=act, fourier=fourier).double(), torch.randn(50, 2, dtype=torch.float64)
+    energy, x = EBM(hidden=16, act=act, fourier=fourier, base=base).double(), torch.randn(50, 2, dtype=torch.float64)
     mine, want = sm_loss_mlp(energy, x), sm_loss(energy, x)
     assert mine.item() == pytest.approx(want.item(), rel=1e-10, abs=1e-14)
     params = list(energy.parameters())

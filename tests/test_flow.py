@@ -53,13 +53,14 @@ def test_a_sample_maps_back_to_its_own_log_density(dtype, rtol):
         assert torch.allclose(flow.log_prob(gen), log_q, rtol=rtol, atol=0)
 
 
-@pytest.mark.parametrize('fourier, broad', [(0, 0.1), (8, 0.1), (0, 0.0)])
-def test_fce_gradients_written_out_match_autograd(fourier, broad):
+@pytest.mark.parametrize('fourier, broad, base', [(0, 0.1, 0.0), (8, 0.1, 0.0), (0, 0.0, 0.0), (8, 0.1, 2.0)])
+def test_fce_gradients_written_out_match_autograd(fourier, broad, base):
     """fce_backward's flow gradient is dV/dφ and its EBM gradient d(-V)/dθ, as autograd finds them through the
-    same draws: the flow's own reparameterised samples, the broad ones and the data."""
+    same draws: the flow's own reparameterised samples, the broad ones and the data (and with a Gaussian base, whose
+    log density the flow's draws pass through too)."""
     x = sample_2d_data('rings', 100, torch.Generator().manual_seed(0))
     noise = perturbed_flow(x, broad=broad)
-    energy = EBM(hidden=32, fourier=fourier)
+    energy = EBM(hidden=32, fourier=fourier, base=base)
     torch.manual_seed(1)
     _, flow_turn = fce_backward(energy, noise, x, 2, threshold=0.0)
     assert flow_turn

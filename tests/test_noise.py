@@ -42,7 +42,7 @@ def test_strong_preset_trains_checkpoints_and_resumes(run, tmp_path):
     p = run('train.py', '--preset', 'strong', '--epoch', 2, '--samples', 1024, '--noise', 'gmm', '--eval-every', 2, '--no-plot')
     assert p.returncode == 0, p.stderr
     ck = load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')
-    assert ck['model_kwargs'] == dict(dim=2, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25)
+    assert ck['model_kwargs'] == dict(dim=2, hidden=128, depth=3, act='silu', fourier=64, fourier_std=0.25, base=2.0)
     assert ck['args']['nu'] == 4 and ck['args']['batch'] == 256 and ck['args']['schedule'] == 'cosine' and ck['epoch'] == 1
     assert ck['history'][-1]['kl'] is not None
     # model_kwargs and the state dict rebuild the network, Fourier frequencies included
@@ -55,7 +55,7 @@ def test_strong_preset_trains_checkpoints_and_resumes(run, tmp_path):
     assert load_checkpoint(tmp_path / 'ckpts/nce.pth.tar')['epoch'] == 2
     # explicit flags override the preset
     p = run('train.py', '--preset', 'strong', '--epoch', 1, '--samples', 512, '--nu', 2, '--hidden', 32, '--fourier', 0,
-            '--ckpt', 'b/n.pth.tar', '--eval-every', 0, '--no-plot')
+            '--base', 0, '--ckpt', 'b/n.pth.tar', '--eval-every', 0, '--no-plot')
     assert p.returncode == 0, p.stderr
     ck = load_checkpoint(tmp_path / 'b/n.pth.tar')
     assert ck['args']['nu'] == 2 and ck['model_kwargs'] == dict(dim=2, hidden=32, depth=3, act='silu')

@@ -1,10 +1,10 @@
 """One --seed, independent streams: no purpose draws another's numbers, no run seeds two generators alike, and a
 checkpoint of the release before the streams resumes on the data it was trained on."""
+import math
 import os
 import re
 import shutil
 
-import numpy as np
 import pytest
 import sklearn.mixture
 import torch
@@ -116,6 +116,8 @@ def test_a_checkpoint_of_the_previous_release_resumes_as_it_was_written(run, tmp
     assert p.returncode == 0, p.stderr
     got, want = load_checkpoint(tmp_path / 'nce.pth.tar'), load_checkpoint(os.path.join(data, 'previous-release-epoch1.pth.tar'))
     assert all(torch.allclose(got['energy'][k], want['energy'][k], rtol=1e-6, atol=1e-7) for k in want['energy'])
-    assert got['history'][-1]['kl'] == pytest.approx(want['history'][-1]['kl'], rel=1e-6)
+    # its KL was written over [-8, 8]²; over the whole plane this barely trained 16-wide network is not normalisable
+    # (its energy does not grow in some direction), and says so rather than give a finite figure
+    assert want['history'][-1]['kl'] == pytest.approx(2.68128312112093, rel=1e-9)
+    assert got['history'][-1]['log_z'] == got['history'][-1]['kl'] == math.inf and got['history'][-1]['outside'] == 1.0
     assert got['streams'] == seeds.legacy_streams(3)            # it goes on with the streams it was written with
-    assert np.isfinite(got['history'][-1]['nll'])

@@ -38,7 +38,7 @@ def test_two_epochs_write_frames_checkpoint_metrics_and_resume_continues(run, tm
     energy.load_state_dict(ck['energy'])
     assert [type(m).__name__ for m in energy.f] == ['Linear', 'LeakyReLU', 'Linear', 'LeakyReLU', 'Linear']
     with open(tmp_path / 'ckpts/metrics.csv') as f:
-        assert f.readline().strip() == 'epoch,value,acc,c,log_z,nll,kl,flow_nll,flow_kl,flow_steps,seconds'
+        assert f.readline().strip() == 'epoch,value,acc,c,log_z,nll,kl,outside,log_z_err,flow_nll,flow_kl,flow_steps,seconds'
     rows = metrics(tmp_path / 'ckpts/metrics.csv')
     assert [r['epoch'] for r in rows] == ['0', '1'] and all(r['kl'] and r['nll'] for r in rows)
     assert float(rows[-1]['c']) == pytest.approx(energy.c.item())
@@ -102,7 +102,7 @@ def test_a_fresh_run_removes_the_frames_of_an_earlier_run(run, tmp_path):
     ('--nu', 0), ('--samples', 50, '--batch', 100), ('--lr', 'nan'), ('--lr', 'inf'), ('--lr', 0), ('--lr', -1e-3),
     ('--b1', 1.0), ('--b2', -0.1), ('--b1', 'x'), ('--device', 'cuda'), ('--device', 'mps'), ('--images', 'afile/sub'),
     ('--ckpt', 'afile/nce.pth.tar'), ('--resume', 'False'), ('--eval-every', -1), ('--fourier', -1), ('--fourier-std', 0),
-    ('--fourier-std', 'nan'),
+    ('--fourier-std', 'nan'), ('--base', -1), ('--base', 'inf'),
 ])
 def test_bad_arguments_are_one_line_errors(args, tmp_path, monkeypatch, capsys):
     """Checked in-process: get_args exits 2 with one 'error:' line before main, the only writer, could run."""
