@@ -42,8 +42,7 @@ def log_p_on(energy, points):
     CPU, bit for bit)."""
     if torch.is_tensor(points):
         return torch.cat([energy(p).squeeze(1) for p in chunks(points)])
-    # energy.forward, from its features
-    return torch.cat([(-energy.f(h) - energy.c + (energy.log_base(h) if energy.base else 0)).squeeze(1) for h in points])
+    return torch.cat([(-energy.f(h) - energy.c + energy.log_base(h)).squeeze(1) for h in points])     # energy.forward, from its features
 
 
 def window_log_p(energy, n=GRID_N, window=None):

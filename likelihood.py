@@ -30,7 +30,7 @@ def mle_grid(device='cpu'):
 
 def mle_nodes(base):
     """A step's quadrature nodes: each cell's midpoint shifted by one uniform offset, the same fraction of every cell,
-    so that each node is uniform over its cell, the estimate of Z is unbiased over the whole plane the cells cover,
+    so that each node is uniform over its cell, the estimate of Z is unbiased over all that the cells cover,
     and the model cannot hide mass between fixed nodes."""
     nodes, side, _ = base
     return nodes + (torch.rand(2, device=nodes.device) - 0.5) * side
@@ -47,7 +47,7 @@ def mle_loss(log_p, n, log_area):
 
         L = -(1/n) Σ_i log p̃_θ(x_i) + log Σ_k a_k p̃_θ(node_k),    dL/d log p̃ = -1/n at data, w_k/Σ w at the nodes,
 
-    w_k = a_k p̃_θ(node_k): the test NLL's own formula with log Z by the midpoint rule over the plane (mle_grid)."""
+    w_k = a_k p̃_θ(node_k): the test NLL's own formula with log Z by the midpoint rule over [-22, 22]² (mle_grid)."""
     log_w = log_p[n:] + log_area
     lse = torch.logsumexp(log_w, 0)
     loss = -log_p[:n].mean() + lse

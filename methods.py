@@ -20,7 +20,7 @@ METHODS = {     # --method: one line each for --help
     'cnce': 'conditional NCE (Ceylan & Gutmann 2018): each point against noisy copies x + εξ',
     'ence': 'eNCE (Liu et al. 2022): NCE with the exponential loss; learns c; pair with --optim ngd',
     'is': 'importance-sampling maximum likelihood (Geyer 1994): log Z from the noise draws',
-    'mle': 'exact maximum likelihood: log Z over the plane by a shifted quadrature every step',
+    'mle': 'exact maximum likelihood: log Z by a shifted quadrature over [-22, 22]² every step',
     'sm': 'score matching (Hyvärinen 2005), exact in 2D; needs a smooth --act',
     'dsm': 'denoising score matching (Vincent 2011) at noise scale --sigma',
     'cd': 'contrastive divergence (Hinton 2002): --langevin-steps Langevin steps from the data',
