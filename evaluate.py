@@ -10,6 +10,8 @@ TOL = 1e-3       # nats: log Z over the plane to within this (plane's err)
 SHELL = 16       # a shell [-2L, 2L]² minus [-L, L]² beyond [-8, 8]² in cells of side L/16
 FAR = 8.0 * 2**12    # 32768: mass still not decaying at this distance means Z = ∞
 REFINE = 3       # a region's cells are halved at most this many times to meet TOL
+SPLITS = 16      # collars split off at a cliff, at most (plane)
+MAX_CELLS = 2**22    # no region is refined into more cells than this (64 MB of points)
 # rows a pass of the evaluation, at most: on a CPU 2048 rows keep a layer's activations (1 MB at 128 wide) nearer
 # the core, and an evaluation of the original network took 0.10 s against 0.115 s with 8192 (docs/estimators.md)
 CHUNK, CPU_CHUNK = 8192, 2048
@@ -52,14 +54,22 @@ def window_log_p(energy, n=GRID_N, window=None):
 
 def ring(inner, outer, side, device='cpu'):
     """Midpoints of the cells of side `side` on [-outer, outer]² outside [-inner, inner]², shape (N, 2), in grid()'s
-    order, and the mask that picks them from grid(outer, m), shape (m, m): a region of the quadrature. Both edges
-    must be whole numbers of cells from 0; inner = 0 is the whole square."""
+    order (row by row), built without the hole's cells: a region of the quadrature. Both edges must be whole numbers
+    of cells from 0; inner = 0 is the whole square."""
     m, k = 2 * outer / side, inner / side
     if not 0 <= inner < outer or abs(m - round(m)) > 1e-6 or abs(k - round(k)) > 1e-6:
         raise ValueError(f'need 0 <= inner < outer, each a whole number of cells of side {side}; got {inner}, {outer}')
-    points = grid(outer, round(m), device)
-    mask = (points.abs() > inner).any(1)
-    return points[mask], mask.view(round(m), round(m))
+    t = (torch.arange(round(m), device=device, dtype=torch.float32) + 0.5) * side - outer
+    far = t.abs() > inner
+    below, hole, above = t[t < -inner], t[~far], t[t > inner]     # rows: whole below and above the hole, cut beside it
+    rows = [torch.stack([x.flatten(), y.flatten()], 1) for y, x in
+            (torch.meshgrid(ys, xs, indexing='ij') for ys, xs in ((below, t), (hole, t[far]), (above, t)))]
+    return torch.cat(rows)
+
+
+def cells(inner, outer, side):
+    """How many cells ring(inner, outer, side) has."""
+    return round((2 * outer / side) ** 2 - (2 * inner / side) ** 2)
 
 
 def log_mass(log_p, side):
@@ -72,24 +82,29 @@ def region(energy, inner, outer, side, log_p=None):
     log I_h (cells of side h), log I_2h (cells twice as wide), and the sums over the two colours of the cells laid
     out as a chessboard, each a rule of its own on a lattice turned by 45°, whose mean is I_h."""
     device = energy.c.device
-    points, mask = ring(inner, outer, side, device)
+    points = ring(inner, outer, side, device)
     log_p = log_p_on(energy, points) if log_p is None else log_p
-    full = torch.full(mask.shape, -math.inf, device=device)
-    full[mask] = log_p
-    i = torch.arange(len(mask), device=device)
-    white = (i[:, None] + i) % 2 == 0
-    halves = [log_mass(full[white], side) + math.log(2), log_mass(full[~white], side) + math.log(2)]
+    i, j = ((points + outer) / side).floor().long().unbind(1)      # each cell's column and row
+    white = (i + j) % 2 == 0
+    halves = [log_mass(log_p[white], side) + math.log(2), log_mass(log_p[~white], side) + math.log(2)]
+    d = points.abs().amax(1)        # the cells along its outer edge, and along its inner one
     return dict(inner=inner, outer=outer, side=side, log_p=log_p, fine=log_mass(log_p, side),
-                coarse=log_mass(log_p_on(energy, ring(inner, outer, 2 * side, device)[0]), 2 * side), halves=halves)
+                edge=log_mass(log_p[d > outer - side], side), first=log_mass(log_p[d < inner + side], side),
+                coarse=log_mass(log_p_on(energy, ring(inner, outer, 2 * side, device)), 2 * side), halves=halves)
 
 
 def error(r, lz):
-    """A region's estimated error, relative to Z = exp(lz): the larger of |I_h - I_2h| (Richardson's estimate, 3 times
-    the error of I_h where the rule has reached its O(h²) regime) and the gap between its chessboard's two colours
-    (large where the integrand has features as narrow as the cells, which Richardson can miss by chance; unlike
-    shifted rules, the two colours tile a region's straight edges alike, so mass at an edge does not inflate it)."""
-    rel = lambda t: math.exp(t.item() - lz)
-    return max(abs(rel(r['fine']) - rel(r['coarse'])), abs(rel(r['halves'][0]) - rel(r['halves'][1])))
+    """A region's estimated error, relative to Z = exp(lz): the larger of |I_h - I_2h| / 3 (Richardson's estimate of
+    the error of I_h, I - I_h = (I_h - I_2h) / 3 + O(h⁴) once the rule is in its O(h²) regime) and the gap between its
+    chessboard's two colours (large where the integrand has features as narrow as the cells, before that regime, which
+    Richardson can miss by chance; unlike shifted rules, the two colours tile a region's straight edges alike, so mass
+    at an edge does not inflate it)."""
+    return max(abs(rel(r['fine'], lz) - rel(r['coarse'], lz)) / 3, abs(rel(r['halves'][0], lz) - rel(r['halves'][1], lz)))
+
+
+def rel(log_mass, lz):
+    """A mass (its log, a 0-d tensor) relative to Z = exp(lz)."""
+    return math.exp(log_mass.item() - lz)
 
 
 @torch.inference_mode()
@@ -129,22 +144,42 @@ def plane(energy, n=GRID_N, log_p=None, outer=None, tol=TOL):
             lz = torch.stack([r['fine'] for r in regions]).logsumexp(0).item()
             if fine < lz + math.log(tol / 100) and fine < regions[-2]['fine'].item() - math.log(2):
                 tail = fine
-    levels = [0] * len(regions)
+    levels, splits = [0] * len(regions), 0
     while True:
         # [-8, 8]² as one sum, as before the shells (its value to the bit where the shells add nothing)
-        core = torch.logsumexp(torch.cat([r['log_p'] + 2 * math.log(r['side']) for r in regions[:2]]), 0)
-        log_z = torch.logaddexp(core, torch.stack([r['fine'] for r in regions[2:]]).logsumexp(0))
+        near = [r['log_p'] + 2 * math.log(r['side']) for r in regions if r['outer'] <= Z_LIM]
+        far = [r['fine'] for r in regions if r['outer'] > Z_LIM]
+        log_z = torch.logaddexp(torch.logsumexp(torch.cat(near), 0), torch.stack(far).logsumexp(0))
         lz = log_z.item()
         if not math.isfinite(lz):       # log p itself inf (or nan) somewhere
             return broken if math.isnan(lz) else unbounded
+        # a cliff at an edge: where a region's outermost cells hold mass, the density may fall within the next
+        # region's first cells, between their midpoints, and no estimate made of those midpoints would see it. Were
+        # the density to go on as it was, the first band of wider cells would hold the edge band's mass times the
+        # ratio of the sides; what it holds less than that is counted as error. Where it errs most, two of the wider
+        # cells are split off, in the narrower cells, as a collar whose own estimates see the fall
         errs = [error(r, lz) for r in regions]
-        err = sum(errs) + math.exp(tail - lz)
+        cliffs = [0.0] + [max(0.0, rel(prev['edge'], lz) * r['side'] / prev['side'] - rel(r['first'], lz))
+                          if r['side'] > prev['side'] else 0.0 for prev, r in zip(regions[:-1], regions[1:], strict=True)]
+        err = sum(errs) + sum(cliffs) + math.exp(tail - lz)
         # a region beyond the window holding more than tol of the mass is trusted only once two sides of its cells
         # agree: its first |I_h - I_2h| can be small by chance, as where a density's edge at the window meets wider cells
         unchecked = [i for i, r in enumerate(regions) if i and levels[i] == 0 and r['fine'].item() - lz > math.log(tol)]
-        todo = [i for i in range(len(regions)) if levels[i] < REFINE]
-        if err <= tol and not unchecked or not todo:
+        todo = [i for i, r in enumerate(regions) if levels[i] < REFINE and cells(r['inner'], r['outer'], r['side'] / 2) <= MAX_CELLS]
+        i = max(range(len(regions)), key=cliffs.__getitem__)
+        r, side, cut = regions[i], regions[i - 1]['side'], regions[i]['inner'] + 2 * regions[i]['side']
+        split = (splits < SPLITS and cliffs[i] > max([tol / 10] + [errs[j] for j in todo])
+                 and cells(r['inner'], min(cut, r['outer']), side) <= MAX_CELLS)
+        if err <= tol and not unchecked or not todo and not split:
             break
+        if split and not unchecked:
+            splits += 1
+            if cut < r['outer']:
+                regions[i:i + 1] = [region(energy, r['inner'], cut, side), region(energy, cut, r['outer'], r['side'])]
+                levels[i:i + 1] = [0, levels[i]]
+            else:               # two cells wide: the whole region in the narrower cells
+                regions[i] = region(energy, r['inner'], r['outer'], side)
+            continue
         i = unchecked[0] if unchecked else max(todo, key=errs.__getitem__)    # its cells halved
         r = regions[i]
         regions[i], levels[i] = region(energy, r['inner'], r['outer'], r['side'] / 2), levels[i] + 1
@@ -157,7 +192,7 @@ def log_z_in_window(energy, n=GRID_N):
     """log Z over [-8, 8]² alone, as the evaluation summed it before it covered the plane (the window's cells and the
     ring's, no shells, no error estimate): for bench.py's cost ratio and the tests."""
     h = 2 * PLOT_LIM / n
-    inner = log_p_on(energy, ring(PLOT_LIM, Z_LIM, 4 * h, energy.c.device)[0])
+    inner = log_p_on(energy, ring(PLOT_LIM, Z_LIM, 4 * h, energy.c.device))
     core = torch.cat([window_log_p(energy, n).flatten() + 2 * math.log(h), inner + 2 * math.log(4 * h)])
     return torch.logsumexp(core, 0) + energy.c.detach().squeeze()
 
@@ -175,7 +210,7 @@ def fixed_inputs(energy, x_test, n=GRID_N):
     if energy.freq is None:
         return None
     device = energy.c.device
-    return inputs(energy, grid(PLOT_LIM, n, device)), inputs(energy, ring(PLOT_LIM, Z_LIM, 8 * PLOT_LIM / n, device)[0]), inputs(energy, x_test)
+    return inputs(energy, grid(PLOT_LIM, n, device)), inputs(energy, ring(PLOT_LIM, Z_LIM, 8 * PLOT_LIM / n, device)), inputs(energy, x_test)
 
 
 @torch.inference_mode()

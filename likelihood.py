@@ -21,7 +21,7 @@ def mle_grid(device='cpu'):
     then of the shells' cells; the side of each node's cell, shape (K, 1), and the log of its area, shape (K,)."""
     parts, lim = [(grid(MLE_LIM, MLE_N, device), 2 * MLE_LIM / MLE_N)], MLE_LIM
     for _ in range(MLE_SHELLS):
-        parts.append((ring(lim, 2 * lim, lim / MLE_SHELL_CELLS, device)[0], lim / MLE_SHELL_CELLS))
+        parts.append((ring(lim, 2 * lim, lim / MLE_SHELL_CELLS, device), lim / MLE_SHELL_CELLS))
         lim *= 2
     nodes = torch.cat([p for p, _ in parts])
     side = torch.cat([torch.full((len(p), 1), s, device=device) for p, s in parts])

@@ -27,9 +27,10 @@ def needed(args):
             'network and Adam state': 16 * params,          # weights, gradients and two moments
             'a step': 8 * (1 + args.nu) * args.batch * activations,   # activations and their gradients
             # a chunk of the grid (the larger), with Fourier features the inputs at every point (fixed_inputs), and
-            # the window refined to its finest (evaluate.plane): 20 bytes a cell for its points, log p and mask
+            # a region refined to its finest (evaluate.plane, at most MAX_CELLS): 20 bytes a cell for its points, log p
+            # and the masks of its colours and edges
             'evaluation': 4 * evaluate.CHUNK * activations + 2**22 + (4 * width_in * evaluation_points() if args.fourier else 0)
-                          + 20 * (evaluate.GRID_N * 2**evaluate.REFINE) ** 2 if args.eval_every else 0,
+                          + 20 * evaluate.MAX_CELLS if args.eval_every != 0 else 0,
             # a learned noise: the flow's weights, gradients and Adam state, and what its passes keep for the
             # backward, 5 tensors of hidden floats a row and a layer, for a step's rows or a chunk of the grid
             'the flow': 16 * args.flow_layers * (args.flow_hidden ** 2 + 5 * args.flow_hidden + 2)
@@ -40,7 +41,7 @@ def needed(args):
 
 def evaluation_points():
     """The points an evaluation passes through the network: the window's grid, the cells beyond it, the held-out set."""
-    return evaluate.GRID_N ** 2 + len(evaluate.ring(evaluate.PLOT_LIM, evaluate.Z_LIM, 8 * evaluate.PLOT_LIM / evaluate.GRID_N)[0]) + evaluate.TEST_SAMPLES
+    return evaluate.GRID_N ** 2 + len(evaluate.ring(evaluate.PLOT_LIM, evaluate.Z_LIM, 8 * evaluate.PLOT_LIM / evaluate.GRID_N)) + evaluate.TEST_SAMPLES
 
 
 def available(device):

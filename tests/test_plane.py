@@ -106,6 +106,21 @@ def test_the_bound_holds_against_a_fine_uniform_grid_on_a_wiggly_network():
     assert z['err'] <= TOL
 
 
+@pytest.mark.parametrize('edge', [4.02, 4.3, 12.0])
+def test_a_density_that_falls_off_a_cliff_just_past_a_region_edge_is_integrated(edge):
+    """p̃(x) = σ(k(a - |x₁|)) σ(k(a - |x₂|)), flat out to a = 4.02 (or 4.3, 12) and gone within 1/k = 0.003: Z is
+    ((2/k) softplus(ka))². At 4.02 the mass past the window's edge lies between the window's last midpoints and the
+    ring's first, 0.05 out, so the sum over [-8, 8]² misses 1% of Z, and a Richardson or chessboard check made of those
+    midpoints sees nothing; the collar split off at the edge does."""
+    k = 300.0
+    energy = Energy(lambda x: -torch.nn.functional.softplus(k * (x.abs() - edge)).sum(1))
+    log_z = 2 * math.log(2 / k * (k * edge + math.log1p(math.exp(-k * edge))))
+    z = plane(energy)
+    assert abs(z['log_z'].item() - log_z) < TOL and z['err'] <= TOL
+    if edge == 4.02:
+        assert evaluate.log_z_in_window(energy).item() < log_z - 5 * TOL
+
+
 def test_mle_nodes_estimate_z_over_the_plane_without_bias():
     """--method mle's log Z: the nodes cover the plane far beyond the grid, and the mean over steps of the estimate of
     Z, Σ_k a_k p̃(node_k), is the closed form, here of a mixture with 30% of its mass at radius 20."""
