@@ -11,7 +11,6 @@ and peak memory, each against the original script's loop run the same way (DataL
 a host sync and a print per batch, torch.optim.Adam, a checkpoint and a pcolormesh plot on a 1000x1000 grid
 each epoch).
 """
-import argparse
 import contextlib
 import io
 import os
@@ -23,6 +22,7 @@ import time
 import torch
 import torch.distributions as D
 
+import cli
 import memory
 import methods
 import optim
@@ -35,7 +35,7 @@ from likelihood import mle_grid, mle_nodes, step_log_z
 from model import EBM
 from noise import LEARNED, make_noise
 
-p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+p = cli.parser(__doc__)
 p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'mps'], help='device to benchmark')
 p.add_argument('--steps', type=int, default=500, help='timed steps per configuration')
 p.add_argument('--estimators', action='store_true', help='only time each --method\'s step against NCE\'s (docs/estimators.md)')

@@ -151,8 +151,9 @@ def unwritable(folder):
 def write_metrics(history, path):
     """metrics.csv: one row per epoch, blank where an epoch was not evaluated; full precision, so two runs
     with the same seed give identical files but for the seconds column."""
-    cols = ('epoch', 'value', 'acc', 'c', 'log_z', 'nll', 'kl', 'outside', 'log_z_err', 'flow_nll', 'flow_kl', 'flow_steps', 'seconds')
-    lines = [','.join(cols)] + [','.join('' if h.get(k) is None else repr(h[k]) for k in cols) for h in history]
+    cols = ('epoch', 'value', 'acc', 'c', 'log_z', 'nll', 'kl', 'outside', 'log_z_err', 'flow_nll', 'flow_kl', 'flow_steps', 'seconds', 'changes')
+    cell = lambda v: '' if v is None else v.replace(',', ';') if isinstance(v, str) else repr(v)   # changes: a resume's
+    lines = [','.join(cols)] + [','.join(cell(h.get(k)) for k in cols) for h in history]
     write_text(path, '\n'.join(lines) + '\n')
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import cli
 import optim
 from likelihood import cd_loss, langevin, mle_grid, mle_loss, mle_nodes
 from score import dsm_loss, sm_loss_mlp
@@ -41,7 +42,7 @@ SMOOTH = ('silu', 'gelu', 'softplus', 'tanh')
 
 def add_args(p):
     p.add_argument('--method', default='nce', choices=METHODS, metavar='METHOD',
-                   help='the estimator, one of the methods listed below (default %(default)s)')
+                   help='the estimator (default %(default)s; only nce and ence learn c):\n' + cli.listed(METHODS, METHODS))
     p.add_argument('--optim', default='adam', choices=['adam', 'ngd'],
                    help='adam (the original), or ngd: normalized gradient descent, θ -= lr g/|g| (eNCE\'s paper)')
     p.add_argument('--cnce-eps', type=float, help='cnce: the noise scale ε of y = x + εξ (default: the authors\' rule, '
@@ -51,11 +52,6 @@ def add_args(p):
     p.add_argument('--langevin-step', type=float, help='cd, pcd: step size a of x += a ∇ log p̃ + b ξ '
                    f'(default {DEFAULTS["langevin_step"]})')
     p.add_argument('--langevin-noise', type=float, help='cd, pcd: noise scale b (default √(2a), Langevin dynamics proper)')
-
-
-def epilog():
-    """--help's list of the methods, a line each (docs/estimators.md has the long story)."""
-    return 'methods (--method; only nce and ence learn c):\n' + '\n'.join(f'  {k:<5} {v}' for k, v in METHODS.items())
 
 
 def given(args):

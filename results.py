@@ -14,7 +14,6 @@ $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g
 $ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
 $ python results.py --scheduler tcp://host:8786       # the jobs on a Dask cluster (pip install -r requirements-cluster.txt)
 """
-import argparse
 import contextlib
 import csv
 import io
@@ -26,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+import cli
 import cluster
 import files
 import resume
@@ -188,12 +188,8 @@ def flow_mle(x_train, x_test, H, streams, steps, batch):
 # ----------------------------------------------------------------------------------------------------
 # results.csv: a row per (dataset, method, seed)
 
-def key(row):
-    return (DATASETS.index(row['dataset']), list(METHODS).index(row['method']), int(row['seed']))
-
-
 def write_csv(rows, path, columns=COLUMNS):
-    rows = sorted(rows, key=lambda r: (*key(r), r.get('epoch', 0)))
+    rows = sorted(rows, key=lambda r: (DATASETS.index(r['dataset']), list(METHODS).index(r['method']), int(r['seed']), r.get('epoch', 0)))
     text = io.StringIO()
     w = csv.writer(text, lineterminator='\n')
     w.writerow(columns)
@@ -297,10 +293,10 @@ def write_docs(rows, ran, wall=None, curves=()):
 # ----------------------------------------------------------------------------------------------------
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=DATASETS, help='datasets to run')
-    p.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS), choices=list(METHODS),
-                   help=f'methods to run (default: {" ".join(DEFAULT_METHODS)}; nce-fit and nce-gmm make the noise table)')
+    p = cli.parser(__doc__)
+    p.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=DATASETS, metavar='DATASET', help='datasets to run, of ' + ' '.join(DATASETS))
+    p.add_argument('--methods', nargs='+', default=list(DEFAULT_METHODS), choices=list(METHODS), metavar='METHOD',
+                   help=f'methods to run (default: {" ".join(DEFAULT_METHODS)}), of: {" ".join(METHODS)}')
     p.add_argument('--seeds', type=int, default=5, help='seeds 0..N-1, each a run of every method')
     p.add_argument('--jobs', type=int, default=os.cpu_count(), help='jobs in parallel, each on one torch thread')
     p.add_argument('--shard', default='0/1', help='i/N: run only every N-th job, from the i-th (0-based)')
@@ -354,6 +350,7 @@ def get_args(argv=None):
 def main(args):
     t0 = time.time()
     if args.merge:
+        print(f'writing {args.out} and {curves_path(args.out)}' + ('' if args.no_readme else ', the tables in README.md and docs/'))
         rows = combine(*(read_csv(f) for f in args.merge))
         write_csv(rows, args.out)
         curves = combine_curves(*(read_curves(curves_path(f)) for f in args.merge))
@@ -370,6 +367,7 @@ def main(args):
     i, n = args.shard
     jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short
     from tqdm import tqdm
+    print(f'{len(jobs)} jobs; writing {args.out} and {curves_path(args.out)}' + ('' if args.no_readme or n > 1 else f', the tables in README.md and docs/, {args.figure}'))
     rows, images, curves, spent = [], {}, [], {}
     run = cluster.run(job, [(*j, cfg) for j in jobs], args.jobs, args.scheduler)
     for row, image, curve, seconds in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):

@@ -1,6 +1,9 @@
 """Resuming a run: every part of its checkpoint checked against the run its flags build, before anything is built or written."""
+import shlex
+
 import torch
 
+import cli
 import files
 import methods
 import seeds
@@ -10,6 +13,9 @@ from noise import LEARNED
 from optim import adam_init
 
 RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset', 'method', 'optim')  # what must match to --resume a checkpoint
+# and, where the checkpoint records them, the rest of what defines the run; cli.MUTABLE may change
+FIXED = ('nu', 'batch', 'b1', 'b2', 'schedule', 'cnce_eps', 'sigma', 'langevin_steps', 'langevin_step', 'langevin_noise',
+         'flow_lr', 'flow_fit', 'fce_threshold', 'fce_alternate')
 OLD = dict(method='nce', optim='adam')      # what a checkpoint from before --method and --optim was trained with
 FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
 # a history row: the columns every row has, and those a row may leave blank (None) or, from an older run, lack
@@ -44,6 +50,14 @@ def check(ckpt, args, model_kwargs):
             if ckpt['args'].get(k, OLD.get(k)) != getattr(args, k):
                 raise Unfit(f'it was trained with --{k} {ckpt["args"].get(k, OLD.get(k))}, not {getattr(args, k)}; pass the '
                             'same value or start a fresh run with another --ckpt')
+        for k in FIXED:
+            if k in ckpt['args'] and ckpt['args'][k] != getattr(args, k):
+                raise Unfit(f'it was trained with --{k.replace("_", "-")} {ckpt["args"][k]}, not {getattr(args, k)}; only '
+                            f'{", ".join("--" + m.replace("_", "-") for m in cli.MUTABLE)} may change on a resume')
+        for k in ('lr', 'eval_every'):
+            v = ckpt['args'].get(k)
+            if v is not None and not (is_number(v) and v >= 0):
+                raise Unfit(f'its args give --{k.replace("_", "-")} {v!r}, not a number')
         if ckpt['model_kwargs'] != model_kwargs:
             raise Unfit(f'it holds another network, {ckpt["model_kwargs"]}, not {model_kwargs}')
     noise = args.noise if args is not None else ckpt['args'].get('noise')
@@ -179,6 +193,8 @@ def check_history(epoch, history, fce, acc=True):
                 continue
             if k not in row or not (is_number(row[k]) or row[k] is None and (k not in NUMBERS or k == 'acc' and not acc)):
                 raise Unfit(f'history[{i}][{k!r}] is {what(row.get(k)) if k in row else "missing"}, not a number')
+        if not isinstance(row.get('changes'), (str, type(None))):
+            raise Unfit(f"history[{i}]['changes'] is {what(row['changes'])}, not a line of text")
         steps = row.get('flow_steps')
         if fce and not (is_int(steps) and steps >= 0) or not fce and steps is not None and not is_int(steps):
             raise Unfit(f'history[{i}][\'flow_steps\'] is {steps!r}, not a count of steps')
@@ -215,6 +231,27 @@ def run_streams(args, ckpt):
     if ckpt is None:
         return seeds.streams(args.seed)
     return ckpt.get('streams') or seeds.legacy_streams(args.seed)
+
+
+def changed(args, ckpt, lr):
+    """A resumed run's lr and eval-every, where not given, are its checkpoint's (lr: `lr` where that has none). The flags it changes (cli.MUTABLE)
+    are printed, a line each, and returned as one string for the history, or None."""
+    for k, v in (('lr', lr), ('eval_every', 1)):
+        if getattr(args, k) is None:
+            setattr(args, k, ckpt['args'].get(k, v))
+    lines = cli.changes(ckpt['args'], args, ckpt['epoch'] + 1)
+    print('\n'.join(lines), end='\n' if lines else '')
+    return '; '.join(lines) or None
+
+
+def command(args, epochs_left):
+    """The command that finishes this run exactly as if it had not stopped: every flag that defines the run, and
+    the epochs it had left, so that a cosine schedule keeps its length; lr, eval-every, no-plot and device as they
+    are now."""
+    skip = ('epoch', 'resume', *methods.unused_flags(args))
+    flags = [f'--{k.replace("_", "-")}' + ('' if v is True else f' {shlex.quote(str(v))}')
+             for k, v in vars(args).items() if k not in skip and v is not None and v is not False]
+    return f'python train.py --resume --epoch {epochs_left} ' + ' '.join(flags)
 
 
 def adam_state(state, device):

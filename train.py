@@ -5,17 +5,16 @@ $ python train.py --dataset rings --preset strong
 $ python train.py --resume --epoch 20          # 20 more epochs of the run in --ckpt
 $ python train.py --method cd                   # contrastive divergence; --help lists every method
 """
-import argparse
 import functools
 import math
 import os
 import re
-import shlex
 import sys
 import time
 
 import torch
 
+import cli
 import files
 import flow
 import memory
@@ -43,10 +42,10 @@ FRAMES = r'epoch_\d+\.png|curves\.png'                      # what a run writes 
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description='Noise Contrastive Estimation of an energy-based model on 2D data.',
-                                epilog=methods.epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     # data
-    p.add_argument('--dataset', default='8gaussians', choices=DATASETS, help='2D toy dataset')
+    p.add_argument('--dataset', default='8gaussians', choices=DATASETS, metavar='DATASET',
+                   help='2D toy dataset (default %(default)s), one of: ' + ', '.join(DATASETS))
     p.add_argument('--samples', type=int, help='number of training samples (preset; original 10000)')
     p.add_argument('--seed', type=int, default=0, help='one seed, hashed into independent streams for the data, the initialisation, the training\'s draws and the held-out set')
     # model and objective (defaults come from --preset)
@@ -54,13 +53,13 @@ def get_args(argv=None):
                    help='original: the original script; strong: ' + ', '.join(f'{k}={v}' for k, v in PRESETS['strong'].items()))
     p.add_argument('--hidden', type=int, help='width of the energy MLP (preset)')
     p.add_argument('--depth', type=int, help='hidden layers of the energy MLP (preset)')
-    p.add_argument('--act', choices=list(ACTIVATIONS), help='activation (preset)')
+    p.add_argument('--act', choices=list(ACTIVATIONS), metavar='ACT', help='activation, one of ' + ', '.join(ACTIVATIONS) + ' (preset)')
     p.add_argument('--fourier', type=int, help='random Fourier features of the input, 0 for none (preset)')
     p.add_argument('--fourier-std', type=float, help='std of their frequencies, in cycles per unit (preset)')
     p.add_argument('--base', type=float, help='std s of a fixed Gaussian base, p(x) ∝ N(x; 0, s²I) exp(-f(x)), which keeps '
                    'the model normalisable and its mass where the noise can see it; 0 for none (preset; original 0)')
     p.add_argument('--nu', type=int, help='noise samples per data sample, ν (preset; original 1)')
-    p.add_argument('--noise', choices=NOISES, help='noise q: gaussian = N(0, 4I) of the original; '
+    p.add_argument('--noise', choices=NOISES, metavar='NOISE', help='noise q: gaussian = N(0, 4I) of the original; '
                    'fit = a Gaussian with the data mean and covariance, std doubled; gmm = a 16-component mixture fitted to the data, '
                    'widened; flow = a normalizing flow fitted to the data by maximum likelihood, then fixed; fce = a flow trained '
                    'with the EBM to make its samples hard to tell from the data (Flow Contrastive Estimation). Default gaussian')
@@ -88,15 +87,18 @@ def get_args(argv=None):
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'mps'], help='auto: cuda, then mps, then cpu')
     p.add_argument('--ckpt', default='ckpts/nce.pth.tar', help='checkpoint, rewritten after every epoch; metrics.csv goes beside it')
     p.add_argument('--images', default='images', help='folder for the per-epoch frames epoch_<N>.png and curves.png')
-    p.add_argument('--resume', action='store_true', help='continue the run in --ckpt for --epoch more epochs')
-    p.add_argument('--eval-every', type=int, default=1, help='exact evaluation every N epochs; 0 turns it off')
+    p.add_argument('--resume', action='store_true', help='continue the run in --ckpt for --epoch more epochs; it may change '
+                   '--lr, --eval-every, --no-plot and --device, which it records, and keeps the rest (lr and eval-every: the run\'s own unless given)')
+    p.add_argument('--eval-every', type=int, help='exact evaluation every N epochs; 0 turns it off (default 1)')
     p.add_argument('--no-plot', action='store_true', help='write no frames and no curves')
     args = p.parse_args(argv)
 
     passed = methods.given(args)
+    own = [k for k in ('lr', 'eval_every') if args.resume and getattr(args, k) is None]    # the checkpoint's (run_args)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.eval_every = 1 if args.eval_every is None else args.eval_every
     methods.check(p, args, passed)
     for k in ('epoch', 'batch', 'samples', 'nu', 'hidden', 'depth'):
         if getattr(args, k) < 1:
@@ -109,7 +111,9 @@ def get_args(argv=None):
         p.error(f'argument --base: must be finite and 0 or more, got {args.base}')
     if args.batch > args.samples:
         p.error(f'argument --batch: {args.batch} is larger than --samples {args.samples}')
-    if not (math.isfinite(args.lr) and args.lr > 0):
+    for k in own:
+        setattr(args, k, None)
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         p.error(f'argument --lr: must be finite and positive, got {args.lr}')
     for k in ('b1', 'b2'):
         if getattr(args, k) is not None and not 0 <= getattr(args, k) < 1:
@@ -123,7 +127,7 @@ def get_args(argv=None):
         p.error(f'argument --flow-broad: must be in [0, 1), got {args.flow_broad}')
     if not 0 < args.fce_threshold < 1:
         p.error(f'argument --fce-threshold: must be in (0, 1), got {args.fce_threshold}')
-    if args.eval_every < 0:
+    if args.eval_every is not None and args.eval_every < 0:
         p.error(f'argument --eval-every: must be 0 or more, got {args.eval_every}')
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
@@ -178,15 +182,6 @@ def metrics_path(args):
 
 def frame_path(args, epoch):
     return os.path.join(args.images, f'epoch_{epoch}.png')
-
-
-def resume_command(args, epochs_left):
-    """The command that finishes this run exactly as if it had not stopped: every flag that defines the run, and
-    the epochs it had left, so that a cosine schedule keeps its length."""
-    skip = ('epoch', 'resume', 'device', 'eval_every', *methods.unused_flags(args))
-    flags = [f'--{k.replace("_", "-")}' + ('' if v is True else f' {shlex.quote(str(v))}')
-             for k, v in vars(args).items() if k not in skip and v is not None and v is not False]
-    return f'python train.py --resume --epoch {epochs_left} ' + ' '.join(flags)
 
 
 def check_resume(args, model_kwargs):
@@ -265,7 +260,7 @@ def stop_interrupted(args, history, end):
     print(f'\ninterrupted: {args.ckpt} holds epoch {done}' if done is not None else '\ninterrupted before the first epoch ended',
           file=sys.stderr)
     if done is not None:
-        print('continue with: ' + resume_command(args, end - done - 1), file=sys.stderr)
+        print('continue with: ' + resume.command(args, end - done - 1), file=sys.stderr)
     sys.exit(130)
 
 
@@ -297,6 +292,7 @@ def run(args):
     memory.keep_freed_memory()
     model_kwargs = network_kwargs(vars(args))
     ckpt = check_resume(args, model_kwargs) if args.resume else None
+    changed = resume.changed(args, ckpt, PRESETS[args.preset]['lr']) if ckpt else None
     from tqdm import tqdm
     device = torch.device(args.device)
     flush_subnormals(device)
@@ -315,6 +311,8 @@ def run(args):
     flow_adam = resume.restore_flow(args, ckpt, noise, x_train, device) if learned(args) else None
     with torch.no_grad():
         log_q_train = noise.log_prob(x_train) if args.noise != 'fce' else None   # once: neither the data nor q changes
+    if not args.resume and (line := cli.replaced(args.ckpt, [] if args.no_plot else files.matching(args.images, FRAMES))):
+        print(line)
     clear_paths(args)
     steps, end = math.ceil(args.samples / args.batch), start + args.epoch   # steps per epoch; the last batch may be smaller
     lr_at = optim.lr_schedule(args.schedule, args.lr, total=end * steps)
@@ -345,7 +343,7 @@ def run(args):
             train_seconds = time.time() - t0            # the steps alone: the check above waited for them
             row = dict(epoch=epoch, value=losses.mean().item(), acc=None if accs is None else accs.mean().item(), c=None,
                        log_z=None, nll=None, kl=None, outside=None, log_z_err=None, flow_nll=None, flow_kl=None,
-                       flow_steps=method.state.get('flow_steps'))
+                       flow_steps=method.state.get('flow_steps'), changes=changed if epoch == start else None)
             log_p = None
             if exact and (epoch - start + 1) % args.eval_every == 0:
                 metrics, log_p = exact(q_flow)
@@ -365,7 +363,7 @@ def run(args):
                     state.update(flow=q_flow.state_dict(), flow_optimizer=flow_adam)
                 files.save_checkpoint(state, args.ckpt)
                 files.write_metrics(history, metrics_path(args))
-            pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds', 'train_seconds', 'log_z_err') and v is not None})
+            pbar.set_postfix({k: f'{v:.3f}' for k, v in row.items() if k not in ('epoch', 'seconds', 'train_seconds', 'log_z_err', 'changes') and v is not None})
     except KeyboardInterrupt:
         pbar.close()
         stop_interrupted(args, history, end)

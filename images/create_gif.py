@@ -4,16 +4,17 @@ $ python images/create_gif.py                     # frames in images/, writes im
 $ cd images && python create_gif.py --out rings.gif --duration 100
 $ python images/create_gif.py --scale 0.75 --colors 64 --every 2    # small enough for a web page
 """
-import argparse
 import os
 import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))      # the repo's modules, from wherever the script is run
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Make a GIF of the epoch_<N>.png frames written by train.py.')
+    from cli import parser
+    p = parser(__doc__)
     p.add_argument('--images', default=HERE, help='folder holding the frames (default: the folder of this script)')
     p.add_argument('--out', help='GIF to write (default: <images>/nce.gif)')
     p.add_argument('--duration', type=float, default=200, help='milliseconds per frame')
@@ -40,7 +41,6 @@ def main(argv=None):
     frames = frames[::args.every] + ([frames[-1]] if (len(frames) - 1) % args.every else [])
     if not out.lower().endswith('.gif'):
         p.error(f'argument --out: {out} must end in .gif')
-    sys.path.insert(0, os.path.dirname(HERE))
     from files import atomic_write, holder, lock_file, not_a_file, unwritable
     problem = unwritable(os.path.dirname(os.path.abspath(out))) or not_a_file(out)
     if problem:

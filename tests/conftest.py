@@ -73,18 +73,29 @@ def run(tmp_path):
     return run
 
 
+def error_line(stderr):
+    """The error of a refused command, 'prog: error: ...', with at most one line after it, the one that points to
+    --help (a run that fails mid-way has its progress bar above it; tests/test_cli.py checks that a refused
+    command line says nothing before it). Returns the error's line."""
+    lines = stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if ': error: ' in line]
+    assert errors, stderr
+    after = lines[errors[-1] + 1:]      # a run that fails mid-way has its progress bar above the error
+    assert not after or len(after) == 1 and after[0].startswith('try: python ') and after[0].endswith(' --help'), stderr
+    return lines[errors[-1]]
+
+
 def assert_one_line_error(proc):
-    """argparse style: exit 2, the last stderr line 'prog: error: ...', and no traceback."""
+    """argparse style: exit 2, the error (error_line), and no traceback; returns the error's line."""
     assert proc.returncode == 2, proc.stderr
     assert 'Traceback' not in proc.stderr, proc.stderr
-    assert ': error: ' in proc.stderr.strip().splitlines()[-1], proc.stderr
+    return error_line(proc.stderr)
 
 
 def refused(get_args, argv, capsys):
-    """Parse argv in-process: assert the parser exits 2 with an argparse 'error:' last line, and return that line."""
+    """Parse argv in-process: assert the parser exits 2 with the error first, in argparse's words, and at most one
+    more line, the one that points to --help; return the error's line."""
     with pytest.raises(SystemExit) as e:
         get_args([str(a) for a in argv])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert ': error: ' in err
-    return err
+    return error_line(capsys.readouterr().err)

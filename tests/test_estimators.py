@@ -239,7 +239,7 @@ def test_every_method_resumes_bit_for_bit(name, tmp_path, monkeypatch, capsys):
     assert whole['method_state'].keys() == half['method_state'].keys()
     for k, v in whole['method_state'].items():
         assert torch.equal(v, half['method_state'][k]) if isinstance(v, torch.Tensor) else v == half['method_state'][k]
-    drop_seconds = lambda text: [line.rsplit(',', 1)[0] for line in text.splitlines()]
+    drop_seconds = lambda text: [line.split(',')[:12] + line.split(',')[13:] for line in text.splitlines()]     # seconds: column 12
     assert drop_seconds(whole_csv) == drop_seconds(half_csv)
     head, row = whole_csv.splitlines()[:2]
     assert head.startswith('epoch,value,acc,c,log_z,nll,kl,')         # the same columns for every method
@@ -298,15 +298,15 @@ def test_method_flags_are_one_line_errors(argv, words, capsys):
 def test_help_lists_every_method_with_a_line(capsys):
     with pytest.raises(SystemExit):
         train.get_args(['--help'])
-    lines = capsys.readouterr().out.splitlines()
+    text = capsys.readouterr().out
+    options = ' '.join(text[text.index('options:'):].split())      # the help, its wrapping undone
     for name, line in methods.METHODS.items():
-        assert f'  {name:<5} {line}' in lines
-        assert len(f'  {name:<5} {line}') <= 100
+        assert f' {name} {line}' in options
 
 
 def test_the_resume_command_of_each_method_parses_to_the_same_run(tmp_path):
     skip = ('resume', 'epoch', 'eval_every')        # the flags a resume may change
     for name, extra in FLAGS.items():
         args = train.get_args([str(a) for a in RUN + ['--method', name, '--ckpt', os.path.join(tmp_path, 'c.pth')] + extra])
-        again = train.get_args(train.resume_command(args, 3).split()[2:])
+        again = train.get_args(resume.command(args, 3).split()[2:])
         assert {k: v for k, v in vars(again).items() if k not in skip} == {k: v for k, v in vars(args).items() if k not in skip}, name

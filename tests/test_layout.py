@@ -7,10 +7,10 @@ from conftest import ROOT
 # each module and the repo modules it may import: train.py on top, the objective, data and model at the bottom
 LAYERS = {
     'util': set(), 'data': set(), 'model': set(), 'optim': set(), 'evaluate': set(), 'files': set(),
-    'seeds': set(), 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files', 'data'}, 'memory': {'noise', 'evaluate', 'flow'},
-    'resume': {'files', 'seeds', 'model', 'noise', 'flow', 'optim', 'methods'},
-    'likelihood': {'evaluate'}, 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'cluster': set(), 'methods': {'util', 'likelihood', 'score', 'optim'},
-    'train': {'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
+    'seeds': set(), 'cli': {'files'}, 'flow': {'optim'}, 'noise': {'flow'}, 'plot': {'evaluate', 'files', 'data'}, 'memory': {'noise', 'evaluate', 'flow'},
+    'resume': {'cli', 'files', 'seeds', 'model', 'noise', 'flow', 'optim', 'methods'},
+    'likelihood': {'evaluate'}, 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'cluster': set(), 'methods': {'cli', 'util', 'likelihood', 'score', 'optim'},
+    'train': {'cli', 'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
 }
 
 

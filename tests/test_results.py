@@ -52,10 +52,12 @@ def test_a_tiny_run_writes_a_row_per_dataset_method_and_seed(tiny):
     assert line.count('±') == 8 and line.rstrip(' |').endswith(f'{sum(kl) / 2:.3f} ± {abs(kl[0] - kl[1]) / 2**0.5:.3f}')
 
 
-def test_the_same_seed_gives_the_same_row_in_this_process(tiny, tmp_path):
-    """Seed 1 again, on one job at a time in this process: every column but the seconds is the same."""
+def test_the_same_seed_gives_the_same_row_in_this_process(tiny, tmp_path, capsys):
+    """Seed 1 again, on one job at a time in this process: every column but the seconds is the same. Before it
+    starts, the run says what it will write."""
     out = tmp_path / 'again.csv'
     main(*TINY, '--seeds', 2, '--methods', 'nce', 'mle', 'gmm', 'kde', '--jobs', 1, '--out', out)
+    assert capsys.readouterr().out.splitlines()[0] == f'8 jobs; writing {out} and {tmp_path / "again-curves.csv"}'
     again = without_seconds(rows(out))
     assert again == [r for r in without_seconds(rows(tiny)) if r['method'] in ('nce', 'mle', 'gmm', 'kde')]
 

@@ -79,8 +79,7 @@ def test_a_fifo_is_refused_up_front_and_left_a_fifo(run, tmp_path, where, monkey
     args = ['--epoch', '1', *map(str, SMALL), *(['--ckpt', 'ckpts/fifo'] if where == 'ckpt' else [])]
     if where in ('ckpt', 'lock'):
         p = run('train.py', *args, timeout=60)
-        assert_one_line_error(p)
-        err = p.stderr.strip().splitlines()[-1]
+        err = assert_one_line_error(p)
     else:
         monkeypatch.chdir(tmp_path)
         err = refused(train.get_args, args, capsys)
