@@ -234,8 +234,8 @@ def run_streams(args, ckpt):
 
 
 def changed(args, ckpt, lr):
-    """A resumed run's lr and eval-every, where not given, are its checkpoint's (lr: `lr` where that has none). The flags it changes (cli.MUTABLE)
-    are printed, a line each, and returned as one string for the history, or None."""
+    """A resumed run's lr and eval-every, where not given, are its checkpoint's (lr: `lr` where that has none). The
+    flags it changes (cli.MUTABLE) are printed, a line each, and returned as one string for the history, or None."""
     for k, v in (('lr', lr), ('eval_every', 1)):
         if getattr(args, k) is None:
             setattr(args, k, ckpt['args'].get(k, v))

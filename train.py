@@ -94,11 +94,10 @@ def get_args(argv=None):
     args = p.parse_args(argv)
 
     passed = methods.given(args)
-    own = [k for k in ('lr', 'eval_every') if args.resume and getattr(args, k) is None]    # the checkpoint's (run_args)
-    for k, v in PRESETS[args.preset].items():
-        if getattr(args, k) is None:
+    # a resume's lr and eval-every, where not given, are its checkpoint's: filled by resume.changed, not here
+    for k, v in [*PRESETS[args.preset].items(), ('eval_every', 1)]:
+        if getattr(args, k) is None and not (args.resume and k in ('lr', 'eval_every')):
             setattr(args, k, v)
-    args.eval_every = 1 if args.eval_every is None else args.eval_every
     methods.check(p, args, passed)
     for k in ('epoch', 'batch', 'samples', 'nu', 'hidden', 'depth'):
         if getattr(args, k) < 1:
@@ -111,8 +110,6 @@ def get_args(argv=None):
         p.error(f'argument --base: must be finite and 0 or more, got {args.base}')
     if args.batch > args.samples:
         p.error(f'argument --batch: {args.batch} is larger than --samples {args.samples}')
-    for k in own:
-        setattr(args, k, None)
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         p.error(f'argument --lr: must be finite and positive, got {args.lr}')
     for k in ('b1', 'b2'):
