@@ -1,4 +1,5 @@
 """Exact evaluation: log Z by quadrature on a grid, the test NLL of the normalised model and the KL to the data."""
+import functools
 import math
 
 import torch
@@ -12,6 +13,7 @@ FAR = 8.0 * 2**12    # 32768: mass still not decaying at this distance means Z =
 REFINE = 3       # a region's cells are halved at most this many times to meet TOL
 SPLITS = 16      # collars split off at a cliff, at most (plane)
 MAX_CELLS = 2**22    # no region is refined into more cells than this (64 MB of points)
+KEPT_CELLS = 2**18   # a region of at most this many cells keeps its layout() from one evaluation to the next
 # rows a pass of the evaluation, at most: on a CPU 2048 rows keep a layer's activations (1 MB at 128 wide) nearer
 # the core, and an evaluation of the original network took 0.10 s against 0.115 s with 8192 (docs/estimators.md)
 CHUNK, CPU_CHUNK = 8192, 2048
@@ -72,25 +74,42 @@ def cells(inner, outer, side):
     return round((2 * outer / side) ** 2 - (2 * inner / side) ** 2)
 
 
+def layout(inner, outer, side, device):
+    """A region's points, ring(inner, outer, side), and the indices of its cells that are white on a chessboard, that
+    lie along its outer edge and that lie along its inner edge. The same regions come back at every evaluation, so
+    those of at most KEPT_CELLS cells are kept: building them cost as much as evaluating the original network there."""
+    return (kept_layout if cells(inner, outer, side) <= KEPT_CELLS else make_layout)(inner, outer, side, device)
+
+
+def make_layout(inner, outer, side, device):
+    points = ring(inner, outer, side, device)
+    i, j = ((points + outer) / side).floor().long().unbind(1)      # each cell's column and row
+    d = points.abs().amax(1)
+    white, edge, first = (i + j) % 2 == 0, d > outer - side, d < inner + side
+    return points, *(mask.nonzero().squeeze(1) for mask in (white, ~white, edge, first))
+
+
+kept_layout = functools.lru_cache(maxsize=32)(make_layout)
+
+
 def log_mass(log_p, side):
     """log of the midpoint rule's ∫ exp(log p) over cells of side `side`, given log p at their midpoints."""
     return torch.logsumexp(log_p, 0) + 2 * math.log(side)
 
 
-def region(energy, inner, outer, side, log_p=None):
+def region(energy, inner, outer, side, log_p=None, coarse=None):
     """A region's midpoint sum and what its error is judged by: log p at its cells' midpoints (given, or computed),
-    log I_h (cells of side h), log I_2h (cells twice as wide), and the sums over the two colours of the cells laid
-    out as a chessboard, each a rule of its own on a lattice turned by 45°, whose mean is I_h."""
+    log I_h (cells of side h), log I_2h (cells twice as wide; given, where the region was summed on them before), and
+    the sums over the two colours of the cells laid out as a chessboard, each a rule of its own on a lattice turned by
+    45°, whose mean is I_h."""
     device = energy.c.device
-    points = ring(inner, outer, side, device)
+    points, white, black, edge, first = layout(inner, outer, side, device)
     log_p = log_p_on(energy, points) if log_p is None else log_p
-    i, j = ((points + outer) / side).floor().long().unbind(1)      # each cell's column and row
-    white = (i + j) % 2 == 0
-    halves = [log_mass(log_p[white], side) + math.log(2), log_mass(log_p[~white], side) + math.log(2)]
-    d = points.abs().amax(1)        # the cells along its outer edge, and along its inner one
-    return dict(inner=inner, outer=outer, side=side, log_p=log_p, fine=log_mass(log_p, side),
-                edge=log_mass(log_p[d > outer - side], side), first=log_mass(log_p[d < inner + side], side),
-                coarse=log_mass(log_p_on(energy, ring(inner, outer, 2 * side, device)), 2 * side), halves=halves)
+    if coarse is None:
+        coarse = log_mass(log_p_on(energy, layout(inner, outer, 2 * side, device)[0]), 2 * side)
+    return dict(inner=inner, outer=outer, side=side, log_p=log_p, fine=log_mass(log_p, side), coarse=coarse,
+                halves=[log_mass(log_p[white], side) + math.log(2), log_mass(log_p[black], side) + math.log(2)],
+                edge=log_mass(log_p[edge], side), first=log_mass(log_p[first], side))
 
 
 def error(r, lz):
@@ -162,17 +181,14 @@ def plane(energy, n=GRID_N, log_p=None, outer=None, tol=TOL):
         cliffs = [0.0] + [max(0.0, rel(prev['edge'], lz) * r['side'] / prev['side'] - rel(r['first'], lz))
                           if r['side'] > prev['side'] else 0.0 for prev, r in zip(regions[:-1], regions[1:], strict=True)]
         err = sum(errs) + sum(cliffs) + math.exp(tail - lz)
-        # a region beyond the window holding more than tol of the mass is trusted only once two sides of its cells
-        # agree: its first |I_h - I_2h| can be small by chance, as where a density's edge at the window meets wider cells
-        unchecked = [i for i, r in enumerate(regions) if i and levels[i] == 0 and r['fine'].item() - lz > math.log(tol)]
         todo = [i for i, r in enumerate(regions) if levels[i] < REFINE and cells(r['inner'], r['outer'], r['side'] / 2) <= MAX_CELLS]
         i = max(range(len(regions)), key=cliffs.__getitem__)
         r, side, cut = regions[i], regions[i - 1]['side'], regions[i]['inner'] + 2 * regions[i]['side']
         split = (splits < SPLITS and cliffs[i] > max([tol / 10] + [errs[j] for j in todo])
                  and cells(r['inner'], min(cut, r['outer']), side) <= MAX_CELLS)
-        if err <= tol and not unchecked or not todo and not split:
+        if err <= tol or not todo and not split:
             break
-        if split and not unchecked:
+        if split:
             splits += 1
             if cut < r['outer']:
                 regions[i:i + 1] = [region(energy, r['inner'], cut, side), region(energy, cut, r['outer'], r['side'])]
@@ -180,9 +196,9 @@ def plane(energy, n=GRID_N, log_p=None, outer=None, tol=TOL):
             else:               # two cells wide: the whole region in the narrower cells
                 regions[i] = region(energy, r['inner'], r['outer'], side)
             continue
-        i = unchecked[0] if unchecked else max(todo, key=errs.__getitem__)    # its cells halved
+        i = max(todo, key=errs.__getitem__)    # its cells halved: its sum so far is the new I_2h
         r = regions[i]
-        regions[i], levels[i] = region(energy, r['inner'], r['outer'], r['side'] / 2), levels[i] + 1
+        regions[i], levels[i] = region(energy, r['inner'], r['outer'], r['side'] / 2, coarse=r['fine']), levels[i] + 1
     outside = torch.stack([r['fine'] for r in regions[1:]]).logsumexp(0).item() - lz
     return dict(log_z=log_z + energy.c.detach().squeeze(), outside=math.exp(outside), err=err)
 
