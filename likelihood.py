@@ -66,12 +66,21 @@ def langevin(energy, x, steps, step_size, noise_scale):
     return x
 
 
-def cd_loss(log_p, n):
+def cd_loss(log_p, n, alpha=0.0, c=0.0):
     """Contrastive divergence (Hinton 2002; persistent, Tieleman 2008): for n data points and then m chain states
     x⁻ standing in for samples of p_θ,
 
         L = -(1/n) Σ_i log p̃_θ(x_i) + (1/m) Σ_j log p̃_θ(x⁻_j),    dL/d log p̃ = -1/n at data, +1/m at the chains,
 
-    whose gradient is the log-likelihood's with E_{p_θ} replaced by the chains' mean. Its value is not a likelihood."""
+    whose gradient is the log-likelihood's with E_{p_θ} replaced by the chains' mean. Its value is not a likelihood.
+    With alpha > 0, Du & Mordatch's (2019, "Implicit generation and modeling with energy-based models", eq. 4)
+    energy penalty α((1/n) Σ_i E(x_i)² + (1/m) Σ_j E(x⁻_j)²) is added, E = f_θ = -log p̃_θ - c (c, which CD never
+    steps, passed in): it keeps the energies near 0, where without it they can run off together (dL/d log p̃ gains
+    -2αE/n at the data and -2αE/m at the chains)."""
     m = len(log_p) - n
-    return -log_p[:n].mean() + log_p[n:].mean(), torch.cat([log_p.new_full((n,), -1 / n), log_p.new_full((m,), 1 / m)])
+    weight = torch.cat([log_p.new_full((n,), 1 / n), log_p.new_full((m,), 1 / m)])
+    loss, grad = -log_p[:n].mean() + log_p[n:].mean(), weight * torch.cat([-log_p.new_ones(n), log_p.new_ones(m)])
+    if alpha:
+        e = -(log_p + c)
+        loss, grad = loss + alpha * (weight * e ** 2).sum(), grad - 2 * alpha * weight * e
+    return loss, grad

@@ -35,8 +35,10 @@ SERVES = {      # a flag, and the methods it means something for
     'cnce_eps': ('cnce',),
     'sigma': ('dsm',),
     'langevin_steps': ('cd', 'pcd'), 'langevin_step': ('cd', 'pcd'), 'langevin_noise': ('cd', 'pcd'),
+    'alpha': ('cd', 'pcd'), 'buffer': ('pcd',),
 }
-DEFAULTS = dict(noise='gaussian', sigma=0.1, langevin_steps=10, langevin_step=0.02, b1=0.9, b2=0.999)
+DEFAULTS = dict(noise='gaussian', sigma=0.1, langevin_steps=10, langevin_step=0.02, alpha=0.0, buffer=0, b1=0.9, b2=0.999)
+REINIT = 0.05   # pcd's replay buffer: the share of a step's chains started afresh from the noise (Du & Mordatch 2019)
 SMOOTH = ('silu', 'gelu', 'softplus', 'tanh')
 
 
@@ -52,6 +54,11 @@ def add_args(p):
     p.add_argument('--langevin-step', type=float, help='cd, pcd: step size a of x += a ∇ log p̃ + b ξ '
                    f'(default {DEFAULTS["langevin_step"]})')
     p.add_argument('--langevin-noise', type=float, help='cd, pcd: noise scale b (default √(2a), Langevin dynamics proper)')
+    p.add_argument('--alpha', type=float, help='cd, pcd: weight α of Du & Mordatch\'s energy penalty α(E(x⁺)² + E(x⁻)²) '
+                   f'(default {DEFAULTS["alpha"]})')
+    p.add_argument('--buffer', type=int, help='pcd: a replay buffer of this many chain states, the chains of a step drawn '
+                   f'from it and {REINIT:.0%}% of them started from the noise (Du & Mordatch 2019); default 0: one chain '
+                   'a batch row, kept from step to step')
 
 
 def given(args):
@@ -83,6 +90,10 @@ def check(p, args, passed):
         p.error(f'argument --langevin-noise: must be finite and 0 or more, got {args.langevin_noise}')
     if args.langevin_steps is not None and args.langevin_steps < 1:
         p.error(f'argument --langevin-steps: must be at least 1, got {args.langevin_steps}')
+    if args.alpha is not None and not (math.isfinite(args.alpha) and args.alpha >= 0):
+        p.error(f'argument --alpha: must be finite and 0 or more, got {args.alpha}')
+    if args.buffer is not None and args.buffer < 0:
+        p.error(f'argument --buffer: must be 0 or more, got {args.buffer}')
     unused = set(unused_flags(args))
     for k, v in DEFAULTS.items():       # the noise for every method: pcd's chains start from it, the frame draws it
         if getattr(args, k) is None and (k not in unused or k == 'noise'):
@@ -248,13 +259,23 @@ def build(args, energy, noise, x_train, log_q_train, adam, flow_adam=None, saved
     if method == 'dsm':
         return Method(each, lambda x, lr: step_autograd(dsm_loss(energy, x, args.sigma), lr), values, state)
     chain = lambda x0: langevin(energy, x0, args.langevin_steps, args.langevin_step, args.langevin_noise)
+    c = energy.c.detach()       # the energy penalty's E = -log p̃ - c: c is never stepped here
     if method == 'cd':
-        return Method(each, lambda x, lr: step_on(cd_loss, torch.cat([x, chain(x)]), len(x), lr=lr), values, state)
-    if 'chains' not in state:           # pcd's chains start from the noise, N(0, 4I) by default, one per batch row
-        state['chains'] = noise.sample((args.batch,))
-    state['chains'] = state['chains'].to(x_train.device, memory_format=torch.contiguous_format, copy=True)
+        return Method(each, lambda x, lr: step_on(cd_loss, torch.cat([x, chain(x)]), len(x), args.alpha, c, lr=lr), values, state)
+    held = 'buffer' if args.buffer else 'chains'
+    if held not in state:       # pcd's chains start from the noise, N(0, 4I) by default: one per batch row, or a buffer
+        state[held] = noise.sample((args.buffer or args.batch,))
+    state[held] = state[held].to(x_train.device, memory_format=torch.contiguous_format, copy=True)
 
     def pcd_step(x, lr):
-        state['chains'] = chain(state['chains'])
-        return step_on(cd_loss, torch.cat([x, state['chains']]), len(x), lr=lr)
+        if not args.buffer:
+            state['chains'] = chain(state['chains'])
+            return step_on(cd_loss, torch.cat([x, state['chains']]), len(x), args.alpha, c, lr=lr)
+        # a batch of chain states drawn from the buffer, REINIT of them replaced by fresh noise, and written back
+        # after their Langevin steps (draws with replacement: of a state drawn twice, one of its two successors stays)
+        i = torch.randint(args.buffer, (args.batch,), device=x.device)
+        fresh = torch.rand(args.batch, 1, device=x.device) < REINIT
+        chains = chain(torch.where(fresh, noise.sample((args.batch,)), state['buffer'][i]))
+        state['buffer'][i] = chains
+        return step_on(cd_loss, torch.cat([x, chains]), len(x), args.alpha, c, lr=lr)
     return Method(each, pcd_step, values, state)

@@ -2,7 +2,11 @@
 strong preset on its own 100000 samples and on the baselines' 10000) against exact maximum likelihood, a Gaussian
 mixture and a kernel density estimate, every number exact (quadrature, true densities).
 
-$ python results.py                                   # every dataset, 5 seeds: results.csv, README.md, the figure
+Each job is kept on disk as it finishes (results-jobs/), so a sweep stopped at any moment loses only the jobs in
+flight: the same command, run again, skips those done and runs the rest. The tables are printed; --docs also puts
+them into README.md and docs/ and redraws the figures.
+
+$ python results.py --docs                            # every dataset, 5 seeds: results.csv, README.md, the figure
 $ python results.py --methods nce-fit nce-gmm         # the noise-family table (docs/strong-preset.md), same CSV
 $ python results.py --methods strong-nobase strong-10k-nobase   # the strong preset without its base (same doc)
 $ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k strong-10k-flow strong-10k-fce
@@ -11,7 +15,7 @@ $ python results.py --methods nce rank cnce ence is mle sm dsm cd pcd   # the es
 $ python results.py --methods strong-10k strong-10k-rank strong-10k-ence strong-10k-mle strong-10k-sm strong-10k-pcd
                                                       # the estimators on the strong network (docs/estimators.md)
 $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
-$ python results.py --merge a.csv b.csv c.csv         # assemble results.csv and the tables from the shards
+$ python results.py --merge a.csv b.csv c.csv --docs  # assemble results.csv and the tables from the shards
 $ python results.py --scheduler tcp://host:8786       # the jobs on a Dask cluster (pip install -r requirements-cluster.txt)
 """
 import contextlib
@@ -30,11 +34,13 @@ import cluster
 import files
 import resume
 import seeds
+import sweep
 import train
 from baselines import gmm, kde
 from data import DATASETS, sample_2d_data
 from evaluate import PLOT_LIM, evaluate_flow, grid, log_p_on
 from model import EBM
+from sweep import CURVE_COLUMNS, combine_curves, curves_path, read_curves
 from tables import base_table, best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -77,7 +83,6 @@ STRONG_ESTIMATORS = ('strong-10k', *(f'strong-10k-{m}' for m in ESTIMATORS[1:]))
 # the strong-network table: nce, rank, the best other NCE variant, exact MLE, the better of sm and dsm and of cd and
 # pcd, each chosen by the original network's table (docs/estimators.md)
 STRONG_TABLE = ('strong-10k', 'strong-10k-rank', 'strong-10k-ence', 'strong-10k-mle', 'strong-10k-sm', 'strong-10k-pcd')
-CURVE_COLUMNS = ('dataset', 'method', 'seed', 'epoch', 'train_seconds', 'kl', 'gap')
 # seconds a job on one thread, as measured on earlier machines: the longest go first
 COST = {'strong': 37, 'strong-nobase': 45, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
         'strong-10k-pcd': 26, 'strong-10k-mle': 21, 'strong-10k-sm': 17, 'strong-10k': 8, 'kde': 7, 'gmm': 4}
@@ -198,37 +203,6 @@ def write_csv(rows, path, columns=COLUMNS):
     files.write_text(path, text.getvalue())
 
 
-def curves_path(path):
-    """Where the curves of a results CSV go: results.csv's in curves.csv, results-0-of-2.csv's in curves-0-of-2.csv,
-    x.csv's in x-curves.csv."""
-    folder, name = os.path.split(path)
-    stem = name[:-4] if name.endswith('.csv') else name
-    return os.path.join(folder, 'curves' + stem[len('results'):] + '.csv' if stem.startswith('results') else stem + '-curves.csv')
-
-
-def read_curves(path):
-    """The rows of a curves CSV (empty if there is none)."""
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    if rows and set(rows[0]) != set(CURVE_COLUMNS):
-        raise ValueError(f'{path} is not a curves CSV of this repo')
-    num = lambda k, v: None if v == '' else int(v) if k in ('seed', 'epoch') else v if k in ('dataset', 'method') else float(v)
-    return [{k: num(k, v) for k, v in r.items()} for r in rows]
-
-
-def combine_curves(*tables):
-    """Curve rows of several tables, a later table's curve of a (dataset, method, seed) replacing an earlier one's."""
-    out = {}
-    for rows in tables:
-        jobs = {}
-        for r in rows:
-            jobs.setdefault((r['dataset'], r['method'], r['seed']), []).append(r)
-        out.update(jobs)
-    return [r for rows in out.values() for r in rows]
-
-
 def read_csv(path):
     """The rows of a results CSV, numbers as numbers and blanks as None."""
     def value(k, v):
@@ -253,28 +227,30 @@ def combine(*tables):
     return list(out.values())
 
 
-def write_docs(rows, ran, wall=None, curves=()):
+def write_docs(rows, ran, wall=None, curves=(), write=True):
     """The tables of the methods that ran (`ran`), from every row: the results table and the comparison rows if a
     method of the results table ran, the noise table if a noise did, the flow tables if a flow did, and each
-    estimator table, with its figure of the curves, if one of its estimators did. A table's time (`wall`) is this
+    estimator table, with its figure of the curves, if one of its estimators did. Returns them as text and, with
+    `write`, puts each in its place in README.md and docs/ and draws the figures. A table's time (`wall`) is this
     run's only if the run made all of its methods; otherwise the one in the document stays."""
+    save = put if write else lambda *a: None
     seeds = sorted({r['seed'] for r in rows})
     seeds = f'{seeds[0]} to {seeds[-1]}' if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else str(seeds)
     readme, text = os.path.join(ROOT, 'README.md'), ''
     if set(ran) & set(DEFAULT_METHODS):
         text = results_table(rows, seeds, STRONG_SAMPLES, BASE_SAMPLES, FAIR_EPOCHS)
         text += '\n\n' + footer(readme, 'python results.py', wall if set(DEFAULT_METHODS) <= set(ran) else None)
-        put(readme, 'results', text)
-        put(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(rows))
+        save(readme, 'results', text)
+        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(rows))
     if set(ran) & {'strong', 'strong-10k', 'strong-nobase', 'strong-10k-nobase'} and any(r['method'] == 'strong-nobase' for r in rows):
         text += '\n\n' + base_table(rows)
-        put(os.path.join(ROOT, 'docs/strong-preset.md'), 'base', base_table(rows))
+        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'base', base_table(rows))
     if set(ran) & {'nce-fit', 'nce-gmm'}:
         text += '\n\n' + noise_table(rows)
-        put(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(rows))
+        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(rows))
     if set(ran) & {'nce-flow', 'fce', 'strong-10k-fce'} and any(r['method'] == 'fce' for r in rows):
         text += '\n\n' + flow_tables(rows)
-        put(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
+        save(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
     scored = with_curves(rows, curves)
     doc = os.path.join(ROOT, 'docs/estimators.md')
     for block, table, reference, efficient, image in (('benchmark', ESTIMATORS, 'nce', 'mle', 'images/estimators.png'),
@@ -282,11 +258,12 @@ def write_docs(rows, ran, wall=None, curves=()):
         if set(ran) & set(table) - set(DEFAULT_METHODS) and any(r.get('kl5') is not None for r in scored if r['method'] in table):
             made = estimator_tables(scored, table, reference, efficient, short) + '\n\n' + footer(doc, 'python results.py --methods ' + ' '.join(table), wall if set(table) <= set(ran) else None)
             text += '\n\n' + made
-            put(doc, block, made)
+            save(doc, block, made)
             if block == 'benchmark':
-                put(readme, 'best', best_table(scored, table, reference, efficient, short))
-            import plot  # matplotlib, only where a figure is drawn
-            plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short, order=ESTIMATORS)
+                save(readme, 'best', best_table(scored, table, reference, efficient, short))
+            if write:
+                import plot  # matplotlib, only where a figure is drawn
+                plot.estimators_figure([c for c in curves if c['method'] in table], table, os.path.join(ROOT, image), short, order=ESTIMATORS)
     return text
 
 
@@ -306,7 +283,8 @@ def get_args(argv=None):
     p.add_argument('--merge', nargs='+', metavar='CSV', help='assemble these CSVs into --out and the tables; run nothing')
     p.add_argument('--out', help='the CSV to write (default results.csv, or results-<i>-of-<N>.csv for a shard); '
                    'rows already in results.csv are kept unless rerun')
-    p.add_argument('--no-readme', action='store_true', help='leave README.md, docs/ and the figure as they are')
+    p.add_argument('--docs', action='store_true', help='also put the tables in README.md and docs/ and redraw the '
+                   'figures (without it, the tables are printed and nothing else is written but the CSVs)')
     p.add_argument('--figure', default='images/results.png', help='where to write the density figure (seed 0)')
     # smaller budgets, for tests and quick looks
     p.add_argument('--samples', type=int, default=BASE_SAMPLES, help='training samples of every method but strong')
@@ -331,7 +309,7 @@ def get_args(argv=None):
         p.error(f'argument --gmm-max-k: must be in 1..100, got {args.gmm_max_k}')
     if args.samples < 16 or args.strong_samples < 256:
         p.error('argument --samples: at least 16 (the gmm noise), --strong-samples at least 256 (a strong batch)')
-    for path in [args.out, curves_path(args.out)] + ([] if args.no_readme else [args.figure, os.path.join(ROOT, 'README.md')]):
+    for path in [args.out, curves_path(args.out)] + ([args.figure, os.path.join(ROOT, 'README.md')] if args.docs else []):
         if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
             p.error(f'cannot write {path}: {problem}')
     if args.scheduler and (problem := cluster.problem(args.scheduler)):
@@ -349,16 +327,16 @@ def get_args(argv=None):
 
 def main(args):
     t0 = time.time()
+    docs = ', the tables in README.md and docs/' if args.docs else ''
     if args.merge:
-        print(f'writing {args.out} and {curves_path(args.out)}' + ('' if args.no_readme else ', the tables in README.md and docs/'))
+        print(f'writing {args.out} and {curves_path(args.out)}{docs}')
         rows = combine(*(read_csv(f) for f in args.merge))
         write_csv(rows, args.out)
         curves = combine_curves(*(read_curves(curves_path(f)) for f in args.merge))
         if curves:
             write_csv(curves, curves_path(args.out), CURVE_COLUMNS)
         print(f'{len(rows)} rows from {len(args.merge)} files: {args.out}' + (f', curves {curves_path(args.out)}' if curves else ''))
-        if not args.no_readme:
-            print(write_docs(rows, {r['method'] for r in rows}, curves=curves))
+        print(write_docs(rows, {r['method'] for r in rows}, curves=curves, write=args.docs))
         return
     # the default table's nce, mle and strong-10k are evaluated every epoch, for curves, only in a run of the estimators
     cfg = dict(samples=args.samples, strong_samples=args.strong_samples, budget=args.budget, gmm_max_k=args.gmm_max_k,
@@ -366,33 +344,42 @@ def main(args):
     jobs = [(d, m, s) for d in args.datasets for m in METHODS if m in args.methods for s in range(args.seeds)]
     i, n = args.shard
     jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short
+    journal = sweep.journal(args.out, cfg)
+    done, before = sweep.finished(journal, jobs)       # those an earlier, stopped run of this sweep finished
+    todo = [j for j in jobs if j not in done]
     from tqdm import tqdm
-    print(f'{len(jobs)} jobs; writing {args.out} and {curves_path(args.out)}' + ('' if args.no_readme or n > 1 else f', the tables in README.md and docs/, {args.figure}'))
+    print(f'{len(jobs)} jobs; writing {args.out} and {curves_path(args.out)}' + (f'{docs}, {args.figure}' if n == 1 and docs else ''))
+    if done:
+        print(f'{len(done)} of them finished in an earlier run of this sweep ({journal}): skipped')
+    results = list(done.values())
+    for result in tqdm(cluster.run(job, [(*j, cfg) for j in todo], args.jobs, args.scheduler), total=len(todo), unit='job', dynamic_ncols=True):
+        row = result[0]
+        sweep.record(journal, (row['dataset'], row['method'], row['seed']), result, before + time.time() - t0)
+        results.append(result)
+    wall = before + time.time() - t0
     rows, images, curves, spent = [], {}, [], {}
-    run = cluster.run(job, [(*j, cfg) for j in jobs], args.jobs, args.scheduler)
-    for row, image, curve, seconds in tqdm(run, total=len(jobs), unit='job', dynamic_ncols=True):
+    for row, image, curve, seconds in results:
         rows.append(row)
         spent.setdefault(row['method'], []).append(seconds)
         curves += curve
         if image is not None:
             images[row['dataset'], row['method']] = image
-    wall = time.time() - t0
     old = read_csv(args.out) if os.path.isfile(args.out) and n == 1 else []
     write_csv(combine(old, rows), args.out)
     if curves:
         curves = combine_curves(read_curves(curves_path(args.out)) if n == 1 else [], curves)
         write_csv(curves, curves_path(args.out), CURVE_COLUMNS)
+    sweep.close(journal)
     for m, s in spent.items():     # as they ran: a curve's evaluation at every epoch included
         print(f'{m}: {len(s)} jobs, {sum(s) / 60:.1f} job-minutes, {np.mean(s):.1f} s each')
     print(f'{len(rows)} jobs in {wall / 60:.1f} minutes on {args.jobs} workers: {args.out}')
-    if not args.no_readme and n == 1:
-        text = write_docs(combine(old, rows), args.methods, f'{wall / 60:.1f} minutes ({len(rows)} jobs on {args.jobs} '
-                                                            f'workers, {os.cpu_count()} CPU cores)', curves)
-        print(text)
-        import plot
-        if plot.results_figure(images, args.figure, N_IMG):
-            print(f'figure: {args.figure}')
-
+    if n == 1:
+        print(write_docs(combine(old, rows), args.methods, f'{wall / 60:.1f} minutes ({len(rows)} jobs on {args.jobs} '
+                                                         f'workers, {os.cpu_count()} CPU cores)', curves, write=args.docs))
+        if args.docs:
+            import plot
+            if plot.results_figure(images, args.figure, N_IMG):
+                print(f'figure: {args.figure}')
 
 if __name__ == '__main__':
     main(get_args())

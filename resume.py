@@ -1,4 +1,5 @@
 """Resuming a run: every part of its checkpoint checked against the run its flags build, before anything is built or written."""
+import argparse
 import shlex
 
 import torch
@@ -14,7 +15,7 @@ from optim import adam_init
 
 RUN_KEYS = ('dataset', 'samples', 'seed', 'noise', 'preset', 'method', 'optim')  # what must match to --resume a checkpoint
 # and, where the checkpoint records them, the rest of what defines the run; cli.MUTABLE may change
-FIXED = ('nu', 'batch', 'b1', 'b2', 'schedule', 'cnce_eps', 'sigma', 'langevin_steps', 'langevin_step', 'langevin_noise',
+FIXED = ('nu', 'batch', 'b1', 'b2', 'schedule', 'cnce_eps', 'sigma', 'langevin_steps', 'langevin_step', 'langevin_noise', 'alpha', 'buffer',
          'flow_lr', 'flow_fit', 'fce_threshold', 'fce_alternate')
 OLD = dict(method='nce', optim='adam')      # what a checkpoint from before --method and --optim was trained with
 FLOW_KEYS = ('flow_layers', 'flow_hidden', 'flow_broad')      # and, with a learned noise, its flow
@@ -86,7 +87,8 @@ def check(ckpt, args, model_kwargs):
     check_rng(ckpt['rng'])
     method = args.method if args is not None else ckpt['args'].get('method', 'nce')
     check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce', acc=method in methods.CLASSIFIES)
-    check_method_state(ckpt.get('method_state', {}), method, noise, args.batch if args is not None else ckpt['args'].get('batch'))
+    given = args if args is not None else argparse.Namespace(**{k: ckpt['args'].get(k) for k in ('batch', 'buffer')})
+    check_method_state(ckpt.get('method_state', {}), method, noise, given.batch, given.buffer or 0)
     if 'streams' in ckpt:
         check_streams(ckpt['streams'])
 
@@ -200,15 +202,17 @@ def check_history(epoch, history, fce, acc=True):
             raise Unfit(f'history[{i}][\'flow_steps\'] is {steps!r}, not a count of steps')
 
 
-def check_method_state(state, method, noise, batch):
-    """What a method keeps beyond the weights (methods.Method.state): pcd's chains, one per batch row, cnce's ε and
-    fce's count of flow steps. A checkpoint from before --method has none, and needs none: it is an NCE run."""
+def check_method_state(state, method, noise, batch, buffer=0):
+    """What a method keeps beyond the weights (methods.Method.state): pcd's chains, one per batch row, or its replay
+    buffer, cnce's ε and fce's count of flow steps. A checkpoint from before --method has none, and needs none: it
+    is an NCE run."""
     if not isinstance(state, dict):
         raise Unfit(f'its method_state is {what(state)}, not a dict')
     if method == 'pcd':
-        if 'chains' not in state:
-            raise Unfit('it has no chains in method_state, which --method pcd needs')
-        check_tensor("method_state['chains']", state['chains'], torch.empty(batch, 2, device='meta'))
+        held = 'buffer' if buffer else 'chains'
+        if held not in state:
+            raise Unfit(f'it has no {held} in method_state, which --method pcd{" --buffer" if buffer else ""} needs')
+        check_tensor(f"method_state['{held}']", state[held], torch.empty(buffer or batch, 2, device='meta'))
     if method == 'cnce' and not (is_number(state.get('eps')) and 0 < state['eps'] < float('inf')):
         raise Unfit(f"its method_state['eps'] is {state.get('eps')!r}, not cnce's positive noise scale")
     if noise == 'fce' and 'flow_steps' in state and not (is_int(state['flow_steps']) and state['flow_steps'] >= 0):

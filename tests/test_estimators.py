@@ -159,6 +159,8 @@ WRITTEN = {     # a method: its loss of log p̃ at u, and u
     'cnce': lambda: (lambda lp, u, lq: cnce_loss(lp, 3), *layout(3)),
     'mle': lambda: (lambda lp, u, lq: mle_loss(lp, 30, mle_grid()[2].double()), torch.cat([layout(1)[0][:30], mle_nodes(mle_grid()).double()]), None),
     'cd': lambda: (lambda lp, u, lq: cd_loss(lp, 30), layout(1)[0], None),
+    # Du & Mordatch's energy penalty α(E(x⁺)² + E(x⁻)²), E = -log p̃ - c
+    'cd-penalty': lambda: (lambda lp, u, lq: cd_loss(lp, 30, 0.3, 1.5), layout(1)[0], None),
 }
 
 
@@ -175,7 +177,7 @@ def test_each_written_out_gradient_is_autograds(name, act, base):
     loss_fn(energy(u).squeeze(1), u, log_q)[0].backward()
     for k, p in energy.named_parameters():
         assert torch.allclose(mine[k], p.grad, rtol=1e-9, atol=1e-12), (name, k)
-    if name not in methods.LEARNS_C:
+    if name not in methods.LEARNS_C and name != 'cd-penalty':   # the penalty's E = -log p̃ - c takes c as a constant
         assert abs(p.grad.item() if k == 'c' else energy.c.grad.item()) < 1e-12     # c cancels
 
 
@@ -217,13 +219,13 @@ def test_score_matching_in_closed_form_on_a_gaussian():
 # the command line
 
 RUN = ['--samples', 200, '--batch', 50, '--hidden', 8, '--no-plot', '--eval-every', 0]
-FLAGS = {'cd': [], 'pcd': ['--langevin-steps', 3], 'sm': ['--act', 'softplus'], 'dsm': ['--sigma', 0.2], 'cnce': [],
+FLAGS = {'cd': ['--alpha', 0.1], 'pcd': ['--langevin-steps', 3], 'pcd+buffer': ['--langevin-steps', 3, '--buffer', 120], 'sm': ['--act', 'softplus'], 'dsm': ['--sigma', 0.2], 'cnce': [],
          'rank': ['--nu', 2], 'ence': ['--optim', 'ngd'], 'is': [], 'mle': [], 'nce': ['--noise', 'fce', '--fce-alternate',
          '--flow-layers', 2, '--flow-hidden', 8]}
 
 
 def train_run(tmp_path, name, *extra):
-    argv = [str(a) for a in RUN + ['--method', name, '--ckpt', tmp_path / name / 'c.pth'] + FLAGS[name] + list(extra)]
+    argv = [str(a) for a in RUN + ['--method', name.split('+')[0], '--ckpt', tmp_path / name / 'c.pth'] + FLAGS[name] + list(extra)]
     train.main(train.get_args(argv))
     return torch.load(tmp_path / name / 'c.pth', weights_only=True), open(tmp_path / name / 'metrics.csv').read()
 
@@ -245,8 +247,8 @@ def test_every_method_resumes_bit_for_bit(name, tmp_path, monkeypatch, capsys):
     head, row = whole_csv.splitlines()[:2]
     assert head.startswith('epoch,value,acc,c,log_z,nll,kl,')         # the same columns for every method
     assert (row.split(',')[2] == '') == (name not in methods.CLASSIFIES)
-    if name == 'pcd':
-        assert whole['method_state']['chains'].shape == (50, 2)
+    if name.startswith('pcd'):      # a chain a batch row, or the replay buffer
+        assert whole['method_state'][name[4:] or 'chains'].shape == ((120 if '+' in name else 50), 2)
 
 
 def test_no_c_means_a_blank_c_and_an_exact_log_z(tmp_path, monkeypatch):
@@ -261,6 +263,7 @@ def test_no_c_means_a_blank_c_and_an_exact_log_z(tmp_path, monkeypatch):
     ('pcd', lambda s: s.pop('chains'), 'no chains'),
     ('pcd', lambda s: s.update(chains=torch.zeros(7, 2)), r'has shape \(7, 2\)'),
     ('pcd', lambda s: s.update(chains=torch.full((50, 2), math.nan)), 'non-finite'),
+    ('pcd+buffer', lambda s: s.update(buffer=torch.zeros(50, 2)), r'has shape \(50, 2\)'),
     ('cnce', lambda s: s.update(eps=-1.0), "cnce's positive noise scale"),
     ('cnce', lambda s: s.pop('eps'), "cnce's positive noise scale"),
 ])
@@ -269,7 +272,7 @@ def test_a_checkpoint_without_its_method_state_is_refused(name, damage, words, t
     ck, _ = train_run(tmp_path, name, '--epoch', 1)
     damage(ck['method_state'])
     torch.save(ck, tmp_path / name / 'c.pth')
-    args = train.get_args([str(a) for a in RUN + ['--method', name, '--ckpt', tmp_path / name / 'c.pth', '--resume'] + FLAGS[name]])
+    args = train.get_args([str(a) for a in RUN + ['--method', name.split('+')[0], '--ckpt', tmp_path / name / 'c.pth', '--resume'] + FLAGS[name]])
     with pytest.raises(resume.Unfit, match=words):
         resume.load(tmp_path / name / 'c.pth', args, train.network_kwargs(vars(args)))
 
@@ -289,6 +292,9 @@ def test_a_checkpoint_without_its_method_state_is_refused(name, damage, words, t
     (['--method', 'cd', '--langevin-steps', 0], '--langevin-steps: must be at least 1'),
     (['--method', 'pcd', '--langevin-noise', -0.1], '--langevin-noise: must be finite and 0 or more'),
     (['--method', 'cd', '--langevin-step', 'inf'], '--langevin-step: must be finite and positive'),
+    (['--method', 'cd', '--buffer', 10], '--buffer: means nothing for --method cd; it serves pcd'),
+    (['--method', 'pcd', '--alpha', -1], '--alpha: must be finite and 0 or more'),
+    (['--method', 'pcd', '--buffer', -1], '--buffer: must be 0 or more'),
     (['--method', 'gibbs'], "invalid choice: 'gibbs'"),
     (['--optim', 'sgd'], "invalid choice: 'sgd'"),
 ])
@@ -308,6 +314,25 @@ def test_help_lists_every_method_with_a_line(capsys):
 def test_the_resume_command_of_each_method_parses_to_the_same_run(tmp_path):
     skip = ('resume', 'epoch', 'eval_every')        # the flags a resume may change
     for name, extra in FLAGS.items():
-        args = train.get_args([str(a) for a in RUN + ['--method', name, '--ckpt', os.path.join(tmp_path, 'c.pth')] + extra])
+        args = train.get_args([str(a) for a in RUN + ['--method', name.split('+')[0], '--ckpt', os.path.join(tmp_path, 'c.pth')] + extra])
         again = train.get_args(resume.command(args, 3).split()[2:])
         assert {k: v for k, v in vars(again).items() if k not in skip} == {k: v for k, v in vars(args).items() if k not in skip}, name
+
+
+def test_pcd_replay_buffer_draws_its_chains_from_the_buffer_and_restarts_a_twentieth_from_the_noise():
+    """--buffer: a step's chains are buffer rows (here all at 0) but for about REINIT of them drawn from the noise
+    (here a point mass far away), and go back into the rows they came from; the Langevin steps move nothing here."""
+    import torch.distributions as D
+
+    import optim
+    torch.manual_seed(8)
+    args = train.get_args(['--method', 'pcd', '--buffer', '5000', '--batch', '2000', '--langevin-steps', '1',
+                           '--langevin-step', '1e-12', '--langevin-noise', '0'])
+    energy = EBM(hidden=8)
+    far = D.Independent(D.Normal(torch.full((2,), 100.0), torch.full((2,), 1e-3)), 1)
+    x = torch.randn(2000, 2)
+    method = methods.build(args, energy, far, x, None, optim.adam_init(list(energy.parameters())), saved=dict(buffer=torch.zeros(5000, 2)))
+    method.step(x, 0.0)
+    moved = method.state['buffer'].norm(dim=1) > 50
+    n = 5000 * (1 - (1 - 1 / 5000) ** 2000)      # rows drawn at least once, of which a twentieth come back from far
+    assert 0.6 * methods.REINIT * n < moved.sum() < 1.4 * methods.REINIT * n

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import refused
 
-TINY = ['--datasets', '8gaussians', '--samples', 400, '--strong-samples', 512, '--budget', 0.01, '--gmm-max-k', 3, '--no-readme']
+TINY = ['--datasets', '8gaussians', '--samples', 400, '--strong-samples', 512, '--budget', 0.01, '--gmm-max-k', 3]
 
 
 def main(*argv):
@@ -69,7 +69,7 @@ def test_two_shards_merged_are_the_unsharded_run(tmp_path, monkeypatch):
     main(*quick, '--shard', '0/2')
     main(*quick, '--shard', '1/2')
     assert len(rows('results-0-of-2.csv')) == 3 and len(rows('results-1-of-2.csv')) == 3
-    main('--merge', 'results-1-of-2.csv', 'results-0-of-2.csv', '--out', 'merged.csv', '--no-readme')
+    main('--merge', 'results-1-of-2.csv', 'results-0-of-2.csv', '--out', 'merged.csv')
     assert without_seconds(rows('merged.csv')) == without_seconds(rows('whole.csv'))
 
 
@@ -100,7 +100,7 @@ def test_estimators_write_their_rows_and_a_curve_per_job_that_merge_like_the_row
     growing; two shards merged give the unsharded run's rows and curves, but for the seconds."""
     import results
     monkeypatch.chdir(tmp_path)
-    quick = [*TINY[:6], '--budget', 0.04, '--no-readme', '--methods', 'nce', 'cd', '--seeds', 2, '--jobs', 1]
+    quick = [*TINY[:6], '--budget', 0.04, '--methods', 'nce', 'cd', '--seeds', 2, '--jobs', 1]
     main(*quick, '--out', 'results.csv')
     table, curves = rows('results.csv'), rows('curves.csv')
     assert [(r['method'], r['seed']) for r in table] == [('nce', '0'), ('nce', '1'), ('cd', '0'), ('cd', '1')]
@@ -112,7 +112,7 @@ def test_estimators_write_their_rows_and_a_curve_per_job_that_merge_like_the_row
     assert all(last[r['method'], r['seed']] == r['kl'] for r in table)      # the row is the curve's last epoch
     main(*quick, '--shard', '0/2')
     main(*quick, '--shard', '1/2')
-    main('--merge', 'results-0-of-2.csv', 'results-1-of-2.csv', '--out', 'merged.csv', '--no-readme')
+    main('--merge', 'results-0-of-2.csv', 'results-1-of-2.csv', '--out', 'merged.csv')
     strip = lambda t, col: [{k: v for k, v in r.items() if k != col} for r in t]
     assert strip(rows('merged.csv'), 'seconds') == strip(table, 'seconds')
     assert strip(rows('merged-curves.csv'), 'train_seconds') == strip(curves, 'train_seconds')
@@ -196,3 +196,60 @@ def test_the_estimator_docs_and_figures_are_drawn_from_the_rows_and_curves(tmp_p
     assert not (tmp_path / 'images/estimators-strong.png').exists()      # no strong-network job ran
     results.write_docs(rows, ('rank',), '2.0 minutes', curves)      # a part of the table keeps the time of the whole
     assert '1.0 minutes' in (tmp_path / 'docs/estimators.md').read_text().split('<!-- benchmark:end -->')[0]
+
+
+def test_a_sweep_killed_mid_run_keeps_its_finished_jobs_and_the_same_command_skips_them(tmp_path, capsys):
+    """SIGKILL a sweep once two of its jobs are done: each finished job is a whole file in its journal, the rerun of
+    the same command takes them as they are (their seconds too) and runs only the rest, and the journal then goes."""
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    out = tmp_path / 'r.csv'
+    argv = [*TINY, '--methods', 'nce', 'kde', '--seeds', 3, '--jobs', 1, '--out', out]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'results.py'), *map(str, argv)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs = tmp_path / 'r-jobs'
+    for _ in range(1200):
+        if len(list(jobs.glob('*/*.pkl'))) >= 2 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {}
+    for f in jobs.glob('*/*.pkl'):
+        with open(f, 'rb') as fh:
+            row = pickle.load(fh)['result'][0]
+        kept[row['method'], str(row['seed'])] = repr(row['seconds'])
+    assert 2 <= len(kept) < 6 and not out.exists()
+    main(*argv)
+    assert f'{len(kept)} of them finished in an earlier run of this sweep' in capsys.readouterr().out
+    table = rows(out)
+    assert sorted((r['method'], r['seed']) for r in table) == sorted((m, s) for m in ('nce', 'kde') for s in '012')
+    assert all(r['seconds'] == kept[r['method'], r['seed']] for r in table if (r['method'], r['seed']) in kept)
+    assert not jobs.exists()
+
+
+def test_the_docs_are_rewritten_only_with_docs(tmp_path, monkeypatch, capsys):
+    """A merge prints its tables and leaves README.md and docs/ as they are; with --docs it puts them in place."""
+    import shutil
+
+    import results
+    from conftest import ROOT
+    for f in ('README.md', 'docs/strong-preset.md', 'docs/estimators.md', 'docs/flow.md'):
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        shutil.copy(os.path.join(ROOT, f), tmp_path / f)
+    monkeypatch.setattr(results, 'ROOT', str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rows_ = [dict(dataset='8gaussians', method=m, seed=s, nll=3.0 + s, kl=0.25 + s / 100, c=None, log_z=None, gap=None,
+                  H=2.75, seconds=1.0, samples=100, epochs=1, steps=1, preset=None, noise=None, k=None, bandwidth=None,
+                  flow_kl=None, flow_steps=None, flow_mle_kl=None) for m in results.DEFAULT_METHODS for s in (0, 1)]
+    results.write_csv(rows_, 'in.csv')
+    before = (tmp_path / 'README.md').read_text()
+    main('--merge', 'in.csv', '--out', 'out.csv')
+    assert '| 8gaussians |' in capsys.readouterr().out and (tmp_path / 'README.md').read_text() == before
+    main('--merge', 'in.csv', '--out', 'out.csv', '--docs')
+    assert (tmp_path / 'README.md').read_text() != before and '0.255 ±' in (tmp_path / 'README.md').read_text()

@@ -1,0 +1,88 @@
+"""What a sweep of results.py keeps on disk: a journal with a file per finished job, so that a sweep killed at any
+moment (or a Dask worker lost) loses only the jobs in flight and the same command, run again, goes on where it
+stopped; and the curves CSV beside the results CSV."""
+import csv
+import hashlib
+import json
+import os
+import pickle
+import shutil
+
+import files
+
+CURVE_COLUMNS = ('dataset', 'method', 'seed', 'epoch', 'train_seconds', 'kl', 'gap')
+
+
+def journal(out, cfg):
+    """The folder where a sweep writing `out` with settings `cfg` (what every job is trained with) keeps its finished
+    jobs: <out's stem>-jobs/<a hash of cfg>, so that only the same sweep picks them up."""
+    folder, name = os.path.split(os.path.abspath(out))
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(folder, (name[:-4] if name.endswith('.csv') else name) + '-jobs', key)
+
+
+def job_file(folder, job):
+    dataset, method, seed = job
+    return os.path.join(folder, f'{dataset}_{method}_{seed}.pkl')
+
+
+def record(folder, job, result, wall):
+    """Keep a finished job's result (its row, image, curve and seconds) and the sweep's wall time so far, in one file
+    written atomically: a killed sweep leaves it whole or absent."""
+    payload = pickle.dumps(dict(job=job, result=result, wall=wall))
+    files.atomic_write(job_file(folder, job), lambda tmp: open(tmp, 'wb').write(payload))
+
+
+def finished(folder, jobs):
+    """The results of the jobs an earlier run of this sweep finished, by job, and that run's wall time up to its last
+    finished job (seconds). A file that does not read back is taken as not finished: its job runs again."""
+    done, wall = {}, 0.0
+    for job in jobs:
+        try:
+            with open(job_file(folder, job), 'rb') as f:
+                kept = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            continue
+        if kept.get('job') == job:
+            done[job], wall = kept['result'], max(wall, kept['wall'])
+    return done, wall
+
+
+def close(folder):
+    """The sweep's results are in its CSV: its journal goes, and the jobs folder with it once empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(folder))
+    except OSError:     # another sweep's journal is still there
+        pass
+
+
+def curves_path(path):
+    """Where the curves of a results CSV go: results.csv's in curves.csv, results-0-of-2.csv's in curves-0-of-2.csv,
+    x.csv's in x-curves.csv."""
+    folder, name = os.path.split(path)
+    stem = name[:-4] if name.endswith('.csv') else name
+    return os.path.join(folder, 'curves' + stem[len('results'):] + '.csv' if stem.startswith('results') else stem + '-curves.csv')
+
+
+def read_curves(path):
+    """The rows of a curves CSV (empty if there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(rows[0]) != set(CURVE_COLUMNS):
+        raise ValueError(f'{path} is not a curves CSV of this repo')
+    num = lambda k, v: None if v == '' else int(v) if k in ('seed', 'epoch') else v if k in ('dataset', 'method') else float(v)
+    return [{k: num(k, v) for k, v in r.items()} for r in rows]
+
+
+def combine_curves(*tables):
+    """Curve rows of several tables, a later table's curve of a (dataset, method, seed) replacing an earlier one's."""
+    out = {}
+    for rows in tables:
+        jobs = {}
+        for r in rows:
+            jobs.setdefault((r['dataset'], r['method'], r['seed']), []).append(r)
+        out.update(jobs)
+    return [r for rows in out.values() for r in rows]
