@@ -66,10 +66,7 @@ class EBM(nn.Module):
         parameter's .grad: backpropagation through the MLP written out. Autograd gives the same gradient
         (tests/test_value.py checks it), but on a network this small its bookkeeping costs more than the
         arithmetic. Only the weights get gradients: the features of x have none to pass on."""
-        h, inputs = self.features(x), []
-        for layer in self.f:
-            inputs.append(h)
-            h = layer(h)
+        h, inputs = self.kept_forward(x)
 
         @torch.no_grad()
         def backward(grad_log_p, input_grad=False, c_grad=True):
@@ -80,6 +77,23 @@ class EBM(nn.Module):
             g = self.backward_from(-grad_log_p.unsqueeze(1), inputs, len(self.f), input_grad)   # dL/df = -dL/d log p
             return g - grad_log_p.unsqueeze(1) * x / self.base ** 2 if g is not None and self.base else g
         return (-h - self.c + self.log_base(x) if self.base else -h - self.c).squeeze(1), backward
+
+    @torch.no_grad()
+    def log_p_and_score(self, x):
+        """log p_θ(x) and ∇ₓ log p_θ(x), shapes (N,) and (N, 2), from one pass forward and one back with no weight
+        gradient: AIS's MALA steps need both at every proposal."""
+        f, inputs = self.kept_forward(x)
+        g = self.backward_from(torch.full_like(f, -1.0), inputs, len(self.f), True, weights=False)   # d log p/df = -1
+        log_p = (-f - self.c + self.log_base(x) if self.base else -f - self.c).squeeze(1)
+        return log_p, g - x / self.base ** 2 if self.base else g
+
+    def kept_forward(self, x):
+        """f_θ(x), shape (N, 1), and the input of each layer, for a backward written out."""
+        h, inputs = self.features(x), []
+        for layer in self.f:
+            inputs.append(h)
+            h = layer(h)
+        return h, inputs
 
     @torch.no_grad()
     def backward_from(self, g, inputs, top, input_grad, weights=True):

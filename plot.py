@@ -170,3 +170,37 @@ def estimators_figure(curves, methods, path, name=str, floor=1e-3, top=10.0, ord
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
     plt.close(fig)
     return True
+
+
+def logz_figure(rows, path, floor=1e-4):
+    """logz.py --benchmark's figure: a panel per dataset, |log Ẑ - log Z| (log axis) against the energy evaluations
+    spent (log axis), a line per estimator through the median over models and seeds and a band from the 10th to the
+    90th percentile; NCE's c, which costs no evaluation once trained, as a dashed level. An error below `floor` is
+    drawn at it."""
+    shown = [d for d in DATASETS if any(r['dataset'] == d for r in rows)]
+    names = list(dict.fromkeys(r['estimator'] for r in rows))
+    cols = min(4, len(shown))
+    fig, axs = plt.subplots(-(-len(shown) // cols), cols, figsize=(3.6 * cols, 3.1 * -(-len(shown) // cols)), squeeze=False)
+    colors = plt.get_cmap('tab10')
+    for ax, d in zip(axs.flat, shown, strict=False):
+        for i, name in enumerate(names):
+            at = {}
+            for r in rows:
+                if r['dataset'] == d and r['estimator'] == name:
+                    at.setdefault(r['budget'], []).append(max(abs(r['log_z_hat'] - r['log_z']), floor))
+            b = sorted(at)
+            lo, mid, hi = (np.array([np.percentile(at[x], p) for x in b]) for p in (10, 50, 90))
+            if b == [0]:
+                ax.axhline(mid[0], color=colors(i), ls='--', lw=1.2, label=name)
+                continue
+            ax.fill_between(b, lo, hi, color=colors(i), alpha=0.15, lw=0)
+            ax.plot(b, mid, color=colors(i), lw=1.3, marker='.', label=name)
+        ax.set(xscale='log', yscale='log', title=d, xlabel='energy evaluations', ylabel='|error of log Z| (nats)')
+        ax.grid(True, which='major', alpha=0.3)
+    for ax in list(axs.flat)[len(shown):]:
+        ax.set_axis_off()
+    handles, labels = axs.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='lower center', ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+    plt.close(fig)

@@ -23,6 +23,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import tempfile
 import time
 
@@ -120,7 +121,8 @@ def run_job(dataset, method, seed, cfg):
         preset = train.PRESETS[spec['preset']]
         epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
         curved = cfg['curves'] and method in ESTIMATORS + STRONG_ESTIMATORS
-        energy, m, history = nce(dataset, seed, spec, n, epochs, every=1 if curved else epochs)
+        keep = os.path.join(cfg['keep'], f'{dataset}_{method}_{seed}.pth.tar') if cfg.get('keep') else None
+        energy, m, history = nce(dataset, seed, spec, n, epochs, every=1 if curved else epochs, keep=keep)
         if curved:      # its seconds as every other row's, evaluated once: less the epochs' time outside their steps
             curve = curve_rows(dataset, method, seed, history)      # (evaluation, checkpoint) but for the last epoch's
             t += sum(h['seconds'] - h['train_seconds'] for h in history[:-1])
@@ -149,9 +151,10 @@ def run_job(dataset, method, seed, cfg):
     return {k: row.get(k) for k in COLUMNS}, image, curve, time.perf_counter() - start     # the last: as it ran
 
 
-def nce(dataset, seed, spec, n, epochs, every):
+def nce(dataset, seed, spec, n, epochs, every, keep=None):
     """`python train.py --dataset D --seed S --preset P [--method M] [--noise Q]`, in this process, evaluated exactly at
-    its last epoch, or every `every` epochs (the evaluation draws nothing: the training is the same either way)."""
+    its last epoch, or every `every` epochs (the evaluation draws nothing: the training is the same either way). keep:
+    where to copy its checkpoint, or None."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, 'nce.pth.tar')
         argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--samples', str(n),
@@ -161,6 +164,8 @@ def nce(dataset, seed, spec, n, epochs, every):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             train.main(train.get_args(argv))
         ck = resume.load(ckpt)
+        if keep:
+            files.atomic_write(keep, lambda tmp: shutil.copyfile(ckpt, tmp))
     energy = EBM(**ck['model_kwargs'])
     energy.load_state_dict(ck['energy'])
     last = ck['history'][-1]
@@ -195,12 +200,7 @@ def flow_mle(x_train, x_test, H, streams, steps, batch):
 
 def write_csv(rows, path, columns=COLUMNS):
     rows = sorted(rows, key=lambda r: (DATASETS.index(r['dataset']), list(METHODS).index(r['method']), int(r['seed']), r.get('epoch', 0)))
-    text = io.StringIO()
-    w = csv.writer(text, lineterminator='\n')
-    w.writerow(columns)
-    for r in rows:
-        w.writerow(['' if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in columns])
-    files.write_text(path, text.getvalue())
+    files.write_text(path, sweep.csv_text(rows, columns))
 
 
 def read_csv(path):
@@ -283,6 +283,8 @@ def get_args(argv=None):
     p.add_argument('--merge', nargs='+', metavar='CSV', help='assemble these CSVs into --out and the tables; run nothing')
     p.add_argument('--out', help='the CSV to write (default results.csv, or results-<i>-of-<N>.csv for a shard); '
                    'rows already in results.csv are kept unless rerun')
+    p.add_argument('--keep', metavar='DIR', help='also keep each trained job\'s last checkpoint in DIR, as '
+                   'DATASET_METHOD_SEED.pth.tar (for logz.py --benchmark DIR)')
     p.add_argument('--docs', action='store_true', help='also put the tables in README.md and docs/ and redraw the '
                    'figures (without it, the tables are printed and nothing else is written but the CSVs)')
     p.add_argument('--figure', default='images/results.png', help='where to write the density figure (seed 0)')
@@ -312,6 +314,8 @@ def get_args(argv=None):
     for path in [args.out, curves_path(args.out)] + ([args.figure, os.path.join(ROOT, 'README.md')] if args.docs else []):
         if problem := files.unwritable(os.path.dirname(os.path.abspath(path))) or files.not_a_file(path):
             p.error(f'cannot write {path}: {problem}')
+    if args.keep and (problem := files.unwritable(args.keep if os.path.isdir(args.keep) else os.path.dirname(os.path.abspath(args.keep)))):
+        p.error(f'argument --keep: cannot write {args.keep}: {problem}')
     if args.scheduler and (problem := cluster.problem(args.scheduler)):
         p.error(f'argument --scheduler: {problem}')
     for path in args.merge or []:
@@ -340,7 +344,7 @@ def main(args):
         return
     # the default table's nce, mle and strong-10k are evaluated every epoch, for curves, only in a run of the estimators
     cfg = dict(samples=args.samples, strong_samples=args.strong_samples, budget=args.budget, gmm_max_k=args.gmm_max_k,
-               curves=bool(set(args.methods) & set(ESTIMATORS + STRONG_ESTIMATORS) - set(DEFAULT_METHODS)))
+               keep=args.keep and os.path.abspath(args.keep), curves=bool(set(args.methods) & set(ESTIMATORS + STRONG_ESTIMATORS) - set(DEFAULT_METHODS)))
     jobs = [(d, m, s) for d in args.datasets for m in METHODS if m in args.methods for s in range(args.seeds)]
     i, n = args.shard
     jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short

@@ -5,6 +5,8 @@ torch.manual_seed(s) draw identical numbers), so the integer a user passes is ne
 SeedSequence hashes it into one child per purpose, each child's first 64-bit word seeds that purpose's generator,
 and no purpose draws from another's (docs/runs.md).
 """
+import contextlib
+
 import numpy as np
 import torch
 
@@ -46,3 +48,21 @@ def generator(stream_seed, device='cpu'):
 def seed_global(stream_seed):
     """Seed torch's global RNG (CPU and every GPU), from which the initialisation and the training draw."""
     torch.manual_seed(stream_seed)
+
+
+def estimate_stream(seed):
+    """The seed of logz.py's draws for `seed`: the SeedSequence's next child after PURPOSES, so that they share no
+    stream with training, and a checkpoint's streams stay the five it keeps."""
+    child = np.random.SeedSequence(entropy(seed)).spawn(len(PURPOSES) + 1)[-1]
+    return int(child.generate_state(1, np.uint64)[0])
+
+
+@contextlib.contextmanager
+def global_from(gen):
+    """A context in which torch's global RNG, from which torch.distributions draw, is seeded from the generator gen,
+    and after which it is as it was: for draws that must come from gen's stream."""
+    device = gen.device
+    seed = int(torch.randint(2**62, (), generator=gen, device=device))
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == 'cuda' else [], device_type=device.type):
+        torch.manual_seed(seed)
+        yield

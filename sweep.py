@@ -3,6 +3,7 @@ moment (or a Dask worker lost) loses only the jobs in flight and the same comman
 stopped; and the curves CSV beside the results CSV."""
 import csv
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -55,6 +56,17 @@ def close(folder):
         os.rmdir(os.path.dirname(folder))
     except OSError:     # another sweep's journal is still there
         pass
+
+
+def csv_text(rows, columns):
+    """A CSV of the rows (dicts), in `columns`: a float as repr writes it, which reads back to the same float, and
+    None as a blank."""
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator='\n')
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(['' if r[c] is None else repr(r[c]) if isinstance(r[c], float) else r[c] for c in columns])
+    return text.getvalue()
 
 
 def curves_path(path):

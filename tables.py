@@ -281,6 +281,44 @@ def short(method):
     return 'nce' if method == 'strong-10k' else method.removeprefix('strong-10k-')
 
 
+def logz_tables(rows):
+    """logz.py --benchmark's tables, from its rows (one per model, estimator and budget): |log Ẑ - log Z| by
+    estimator and budget as the median and, in brackets, the 90th percentile over every model; the mean signed error;
+    how often forward and reverse AIS sandwich log Z; and the median |error| by training method at 10^4."""
+    ok = [r for r in rows if np.isfinite(r['log_z'])]
+    models = {(r['dataset'], r['method'], r['seed']) for r in rows}
+    infinite = sorted({(r['dataset'], r['method'], r['seed']) for r in rows} - {(r['dataset'], r['method'], r['seed']) for r in ok})
+    budgets = sorted({r['budget'] for r in ok if r['budget']})
+    names = [n for n in ('is', 'ais', 'reverse ais', 'annealed nce') if any(r['estimator'] == n for r in ok)]
+    err = lambda n, b, **kw: [r['log_z_hat'] - r['log_z'] for r in ok if r['estimator'] == n and r['budget'] == b
+                              and all(r[k] == v for k, v in kw.items())]
+    head = lambda first, cols: f'| {first} | ' + ' | '.join(cols) + ' |\n|' + '---|' * (len(cols) + 1)
+    cols = [f'{b:.0e}' for b in budgets]
+    text = ['**|error| of log Z, nats: median [90th percentile] over the models**', '', head('estimator', cols)]
+    text += [f'| `{n}` | ' + ' | '.join(f'{np.median(np.abs(e)):.3f} [{np.percentile(np.abs(e), 90):.3f}]' if (e := err(n, b)) else ''
+                                         for b in budgets) + ' |' for n in names]
+    if c := err('nce c', 0):
+        text += ['', f'NCE\'s own c, which costs no evaluation once trained, on the {len(c)} models that learn one: median '
+                 f'|c - log Z| {np.median(np.abs(c)):.3f} [{np.percentile(np.abs(c), 90):.3f}], mean error {num(np.mean(c), 3, "+")}.']
+    text += ['', '**Mean error of log Z (estimate - truth), nats**', '', head('estimator', cols)]
+    text += [f'| `{n}` | ' + ' | '.join(num(np.mean(e), 3, '+') if (e := err(n, b)) else '' for b in budgets) + ' |' for n in names]
+    text += ['', '**The sandwich: share of models with forward AIS ≤ log Z ≤ reverse AIS, and its median width**', '',
+             head('budget', ['contains log Z', 'width (nats)'])]
+    for b in budgets:
+        pairs = [(r['log_z_hat'], s['log_z_hat'], r['log_z']) for r in ok for s in ok if r['estimator'] == 'ais' and s['estimator'] == 'reverse ais'
+                 and r['budget'] == s['budget'] == b and (r['dataset'], r['method'], r['seed']) == (s['dataset'], s['method'], s['seed'])]
+        if pairs:
+            text.append(f'| {b:.0e} | {np.mean([lo <= t <= hi for lo, hi, t in pairs]):.0%} of {len(pairs)} | {np.median([hi - lo for lo, hi, _ in pairs]):.3f} |')
+    by = sorted({r['method'] for r in ok})
+    if 1e4 in budgets:
+        text += ['', '**Median |error| at 10^4 evaluations (AIS: K = 100, M = 100), by the training method**', '',
+                 head('method', [f'`{n}`' for n in names])]
+        text += [f'| `{m}` | ' + ' | '.join(f'{np.median(np.abs(e)):.3f}' if (e := err(n, 1e4, method=m)) else '' for n in names) + ' |' for m in by]
+    text += ['', f'{len(models)} models; {len(infinite)} not normalisable, left out: '
+             + (', '.join(f'{d} {m} seed {s}' for d, m, s in infinite) or 'none') + '.']
+    return '\n'.join(text)
+
+
 def footer(path, command, wall):
     """The line under a table that names the command that made its rows and its time: this run's, or for a merge or
     a redraw the one already in the document, since the time of the run that made the rows stays."""

@@ -11,6 +11,8 @@ LAYERS = {
     'resume': {'cli', 'files', 'seeds', 'model', 'noise', 'flow', 'optim', 'methods'},
     'likelihood': {'evaluate'}, 'score': set(), 'tables': {'files', 'data'}, 'baselines': set(), 'cluster': set(), 'methods': {'cli', 'util', 'likelihood', 'score', 'optim'},
     'train': {'cli', 'data', 'model', 'noise', 'flow', 'optim', 'evaluate', 'files', 'plot', 'seeds', 'memory', 'resume', 'methods'},
+    'sweep': {'files'},
+    'logz': {'cli', 'files', 'resume', 'seeds', 'data', 'model', 'noise', 'evaluate', 'methods', 'cluster', 'sweep', 'tables', 'plot'},
 }
 
 

@@ -253,3 +253,11 @@ def test_the_docs_are_rewritten_only_with_docs(tmp_path, monkeypatch, capsys):
     assert '| 8gaussians |' in capsys.readouterr().out and (tmp_path / 'README.md').read_text() == before
     main('--merge', 'in.csv', '--out', 'out.csv', '--docs')
     assert (tmp_path / 'README.md').read_text() != before and '0.255 ±' in (tmp_path / 'README.md').read_text()
+
+
+def test_keep_saves_each_trained_jobs_checkpoint_for_logz(tmp_path):
+    import resume
+    main(*TINY, '--methods', 'nce', 'gmm', '--seeds', 1, '--jobs', 1, '--out', tmp_path / 'r.csv', '--keep', tmp_path / 'keep')
+    assert os.listdir(tmp_path / 'keep') == ['8gaussians_nce_0.pth.tar']       # gmm trains no EBM
+    ck = resume.load(str(tmp_path / 'keep/8gaussians_nce_0.pth.tar'))
+    assert ck['args']['dataset'] == '8gaussians' and ck['args']['seed'] == 0 and ck['history'][-1]['kl'] is not None
