@@ -12,7 +12,6 @@ distributions (K·M = budget, a MALA step at each) and annealed NCE reads the sa
 exact samples of p_θ, which only 2D allows: drawn from the quadrature's cells (not counted in its budget).
 docs/logz.md measures every estimator on the benchmark's models.
 """
-import csv
 import glob
 import math
 import os
@@ -337,9 +336,9 @@ def score_job(path, dataset, method, seed, budgets, device):
 
 def read_rows(path):
     """logz.csv's rows, numbers as numbers and blanks as None."""
-    kind = dict(seed=int, k=int, m=int, budget=float, log_z_hat=float, log_z=float, log_z_err=float, seconds=float)
-    with open(path, newline='') as f:
-        return [{c: None if v == '' else kind.get(c, str)(v) for c, v in r.items()} for r in csv.DictReader(f)]
+    import sweep
+    return sweep.read_rows(path, ('seed', 'k', 'm'), ('dataset', 'method', 'estimator'))
+
 
 if __name__ == '__main__':
     try:

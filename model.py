@@ -57,8 +57,11 @@ class EBM(nn.Module):
         return -0.5 * (x[:, :d] ** 2).sum(1, keepdim=True) / self.base ** 2 - d * math.log(2 * math.pi * self.base ** 2) / 2
 
     def forward(self, x):
-        log_p = -self.f(self.features(x)) - self.c
-        return log_p + self.log_base(x) if self.base else log_p
+        return self.log_p_of(self.f(self.features(x)), x)
+
+    def log_p_of(self, f, x):
+        """log p_θ(x) = -f - c (+ the base's log density), shape (N, 1), from f = f_θ(x)."""
+        return -f - self.c + self.log_base(x) if self.base else -f - self.c
 
     @torch.no_grad()
     def log_p_and_backward(self, x):
@@ -76,7 +79,7 @@ class EBM(nn.Module):
                 self.c.grad = -grad_log_p.sum(0, keepdim=True)
             g = self.backward_from(-grad_log_p.unsqueeze(1), inputs, len(self.f), input_grad)   # dL/df = -dL/d log p
             return g - grad_log_p.unsqueeze(1) * x / self.base ** 2 if g is not None and self.base else g
-        return (-h - self.c + self.log_base(x) if self.base else -h - self.c).squeeze(1), backward
+        return self.log_p_of(h, x).squeeze(1), backward
 
     @torch.no_grad()
     def log_p_and_score(self, x):
@@ -84,8 +87,7 @@ class EBM(nn.Module):
         gradient: AIS's MALA steps need both at every proposal."""
         f, inputs = self.kept_forward(x)
         g = self.backward_from(torch.full_like(f, -1.0), inputs, len(self.f), True, weights=False)   # d log p/df = -1
-        log_p = (-f - self.c + self.log_base(x) if self.base else -f - self.c).squeeze(1)
-        return log_p, g - x / self.base ** 2 if self.base else g
+        return self.log_p_of(f, x).squeeze(1), g - x / self.base ** 2 if self.base else g
 
     def kept_forward(self, x):
         """f_θ(x), shape (N, 1), and the input of each layer, for a backward written out."""

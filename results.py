@@ -19,7 +19,6 @@ $ python results.py --merge a.csv b.csv c.csv --docs  # assemble results.csv and
 $ python results.py --scheduler tcp://host:8786       # the jobs on a Dask cluster (pip install -r requirements-cluster.txt)
 """
 import contextlib
-import csv
 import io
 import math
 import os
@@ -205,14 +204,7 @@ def write_csv(rows, path, columns=COLUMNS):
 
 def read_csv(path):
     """The rows of a results CSV, numbers as numbers and blanks as None."""
-    def value(k, v):
-        if v == '':
-            return None
-        if k in ('seed', 'samples', 'epochs', 'steps', 'k', 'flow_steps'):
-            return int(v)
-        return v if k in ('dataset', 'method', 'preset', 'noise') else float(v)
-    with open(path, newline='') as f:
-        rows = [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+    rows = sweep.read_rows(path, ('seed', 'samples', 'epochs', 'steps', 'k', 'flow_steps'), ('dataset', 'method', 'preset', 'noise'))
     bad = [r for r in rows if r.get('dataset') not in DATASETS or r.get('method') not in METHODS]
     if not rows or set(rows[0]) != set(COLUMNS) or bad:
         raise ValueError(f'{path} is not a results CSV of this repo')

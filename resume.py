@@ -1,5 +1,4 @@
 """Resuming a run: every part of its checkpoint checked against the run its flags build, before anything is built or written."""
-import argparse
 import shlex
 
 import torch
@@ -87,8 +86,8 @@ def check(ckpt, args, model_kwargs):
     check_rng(ckpt['rng'])
     method = args.method if args is not None else ckpt['args'].get('method', 'nce')
     check_history(ckpt['epoch'], ckpt['history'], fce=noise == 'fce', acc=method in methods.CLASSIFIES)
-    given = args if args is not None else argparse.Namespace(**{k: ckpt['args'].get(k) for k in ('batch', 'buffer')})
-    check_method_state(ckpt.get('method_state', {}), method, noise, given.batch, given.buffer or 0)
+    batch, buffer = (args.batch, args.buffer) if args is not None else (ckpt['args'].get('batch'), ckpt['args'].get('buffer'))
+    check_method_state(ckpt.get('method_state', {}), method, noise, batch, buffer or 0)
     if 'streams' in ckpt:
         check_streams(ckpt['streams'])
 

@@ -30,8 +30,10 @@ def job_file(folder, job):
 def record(folder, job, result, wall):
     """Keep a finished job's result (its row, image, curve and seconds) and the sweep's wall time so far, in one file
     written atomically: a killed sweep leaves it whole or absent."""
-    payload = pickle.dumps(dict(job=job, result=result, wall=wall))
-    files.atomic_write(job_file(folder, job), lambda tmp: open(tmp, 'wb').write(payload))
+    def write(tmp):
+        with open(tmp, 'wb') as f:
+            pickle.dump(dict(job=job, result=result, wall=wall), f)
+    files.atomic_write(job_file(folder, job), write)
 
 
 def finished(folder, jobs):
@@ -69,6 +71,14 @@ def csv_text(rows, columns):
     return text.getvalue()
 
 
+def read_rows(path, ints, texts):
+    """The rows of a CSV that csv_text wrote: a blank as None, the columns in `ints` as ints, those in `texts` as
+    strings and the rest as floats."""
+    typed = lambda k, v: None if v == '' else int(v) if k in ints else v if k in texts else float(v)
+    with open(path, newline='') as f:
+        return [{k: typed(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def curves_path(path):
     """Where the curves of a results CSV go: results.csv's in curves.csv, results-0-of-2.csv's in curves-0-of-2.csv,
     x.csv's in x-curves.csv."""
@@ -82,11 +92,11 @@ def read_curves(path):
     if not os.path.isfile(path):
         return []
     with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    if rows and set(rows[0]) != set(CURVE_COLUMNS):
+        lines = csv.reader(f)
+        header, first = next(lines, []), next(lines, None)
+    if first is not None and set(header) != set(CURVE_COLUMNS):
         raise ValueError(f'{path} is not a curves CSV of this repo')
-    num = lambda k, v: None if v == '' else int(v) if k in ('seed', 'epoch') else v if k in ('dataset', 'method') else float(v)
-    return [{k: num(k, v) for k, v in r.items()} for r in rows]
+    return read_rows(path, ('seed', 'epoch'), ('dataset', 'method'))
 
 
 def combine_curves(*tables):
