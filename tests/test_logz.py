@@ -170,3 +170,31 @@ def test_the_benchmark_scores_each_checkpoint_once_and_its_tables_are_read_from_
     doc = (tmp_path / 'docs/logz.md').read_text()
     assert '| `ais` | ' in doc and '2 models; 0 not normalisable' in doc and (tmp_path / 'images/logz.png').stat().st_size > 5000
 
+
+
+def test_a_benchmark_killed_mid_run_keeps_the_models_it_scored(tmp_path, run):
+    """SIGKILL --benchmark once logz.csv holds a model: the CSV is whole, and the same command skips what it holds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    folder = tmp_path / 'models'
+    for seed in range(3):
+        train.main(train.get_args(['--samples', '200', '--epoch', '1', '--hidden', '16', '--base', '2', '--no-plot',
+                                   '--seed', str(seed), '--eval-every', '0', '--ckpt', str(folder / f'{seed}.pth.tar')]))
+    argv = ['--benchmark', str(folder), '--budgets', '1e3', '1e5', '--jobs', '1', '--out', str(tmp_path / 'l.csv')]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'logz.py'), *argv], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(1200):
+        if (tmp_path / 'l.csv').exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = {r['seed'] for r in logz.read_rows(tmp_path / 'l.csv')}
+    assert 1 <= len(kept) < 3        # each model a second or so: the kill comes before the last
+    out = run('logz.py', *argv).stdout
+    assert f'3 checkpoints; {len(kept)} scored before' in out
+    assert {r['seed'] for r in logz.read_rows(tmp_path / 'l.csv')} == {0, 1, 2}
