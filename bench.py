@@ -157,29 +157,24 @@ def build_step(*flags, **set):
 def mle_autograd():
     seeds.seed_global(STREAMS['init'])
     energy = EBM().to(device)
-    params = list(energy.parameters())
+    params, base = list(energy.parameters()), mle_grid(device)
     adam = optim.adam_init(params)
-    base = mle_grid(device)
     def step():
         x = x_train[torch.randint(len(x_train), (100,), device=device)]
         neg_f = energy(torch.cat([x, mle_nodes(base)])).squeeze(1) + energy.c
         loss = -neg_f[:100].mean() + torch.logsumexp(neg_f[100:] + base[2], 0)
-        for q in params:
-            q.grad = None
+        energy.zero_grad(set_to_none=True)
         loss.backward()
         optim.adam_step(params, adam, 1e-3, 0.9, 0.999)
     return timed(step, args.steps)
 
 # each estimator's step against an NCE step of the same network and batch, with the issue's target for the ratio
 ESTIMATORS = [  # name, flags, the NCE step it is measured against, the target ratio
-    ('rank', ['--method', 'rank'], 'nce', 1.5), ('cnce', ['--method', 'cnce'], 'nce', 1.5),
-    ('ence', ['--method', 'ence'], 'nce', 1.5), ('ence, ngd', ['--method', 'ence', '--optim', 'ngd'], 'nce', 1.5),
-    ('is', ['--method', 'is'], 'nce', 1.5), ('dsm', ['--method', 'dsm'], 'nce', 3),
-    ('sm, softplus', ['--method', 'sm', '--act', 'softplus'], 'nce, softplus', 4),
-    ('cd, k = 10', ['--method', 'cd'], 'nce', 6), ('pcd, k = 10', ['--method', 'pcd'], 'nce', 6),
-    ('cd, k = 1', ['--method', 'cd', '--langevin-steps', '1'], 'nce', 1.5),
-    ('mle', ['--method', 'mle'], None, None),
-]
+    ('rank', ['--method', 'rank'], 'nce', 1.5), ('cnce', ['--method', 'cnce'], 'nce', 1.5), ('ence', ['--method', 'ence'], 'nce', 1.5),
+    ('ence, ngd', ['--method', 'ence', '--optim', 'ngd'], 'nce', 1.5), ('is', ['--method', 'is'], 'nce', 1.5), ('dsm', ['--method', 'dsm'], 'nce', 3),
+    ('sm, softplus', ['--method', 'sm', '--act', 'softplus'], 'nce, softplus', 4), ('cd, k = 10', ['--method', 'cd'], 'nce', 6),
+    ('pcd, k = 10', ['--method', 'pcd'], 'nce', 6), ('cd, k = 1', ['--method', 'cd', '--langevin-steps', '1'], 'nce', 1.5),
+    ('mle', ['--method', 'mle'], None, None)]
 
 def against_nce(flags, ref_flags=(), repeats=5):
     """Seconds a step of a method and of the NCE step it is measured against, each the least of `repeats` timings
@@ -191,8 +186,7 @@ def against_nce(flags, ref_flags=(), repeats=5):
     return min(mine), min(ref)
 
 def estimators():
-    """On one thread, as results.py runs each job: two threads on a shared 2-core machine time steps this small
-    with twice the noise."""
+    """On one thread, as results.py runs each job: two threads on a shared 2-core machine time steps this small with twice the noise."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train.flush_subnormals(device)      # as train.py runs them
@@ -312,8 +306,7 @@ import plot  # here: matplotlib's import is not part of any timing
 orig_epoch, orig_energy, orig_noise = original_loop()
 
 def time_original():
-    """Seconds per step of the original loop, per plot, and per whole epoch as its script runs one: the
-    100 steps, the checkpoint it saves, and the plot."""
+    """Seconds per step of the original loop, per plot, and per whole epoch as its script runs one (100 steps, checkpoint, plot)."""
     step = timed(orig_epoch, max(1, args.steps // 100), burn=1) / 100
     with tempfile.TemporaryDirectory() as tmp:
         def whole_epoch():
@@ -324,9 +317,9 @@ def time_original():
         return step, plot_s, timed(whole_epoch, 2, burn=0)
 
 def time_train_epoch(short=5, long=25, *flags):
-    """Seconds per epoch of train.main with the default flags, as a user runs it: batches, steps, the steps'
-    values, the evaluation, the frame, the checkpoint and metrics.csv. Two runs, of `short` and `long` epochs,
-    so that the set-up of a run (data, noise, the frame's fixed panels, the test set) cancels out."""
+    """Seconds per epoch of train.main with the default flags, as a user runs it: batches, steps, the steps' values, the
+    evaluation, the frame, the checkpoint and metrics.csv. Two runs, of `short` and `long` epochs, so that the set-up
+    of a run (data, noise, the frame's fixed panels, the test set) cancels out."""
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         for epochs in (short, long):
@@ -349,20 +342,26 @@ epoch_ours = time_train_epoch()
 fce_ebm, fce_both = (step_of('--noise', 'fce', fce_threshold=t)[0] for t in (1.0, 0.0))   # the flow never, always stepping
 epoch_fce = time_train_epoch(5, 25, '--noise', 'fce')
 x_test = train.held_out('8gaussians', STREAMS['test'])[0].to(device)
+# the evaluation as it was before it covered the plane: log Z over [-8, 8]² alone, and the held-out set
+in_window = lambda e: (log_p_on(e, x_test).mean() - log_z_in_window(e)).item()
 frame = plot.Frame(x_train, make_noise('gaussian', x_train))
 with tempfile.TemporaryDirectory() as tmp:
     log_p = window_log_p(energy)
-    t_eval = timed(lambda: evaluate(energy, x_test), 10, burn=2)
-    # the evaluation as it was before it covered the plane: log Z over [-8, 8]² alone, and the held-out set
-    t_window = timed(lambda: (log_p_on(energy, x_test).mean() - log_z_in_window(energy)).item(), 10, burn=2)
+    t_eval, t_window = timed(lambda: evaluate(energy, x_test), 10, burn=2), timed(lambda: in_window(energy), 10, burn=2)
     t_plot = timed(lambda: frame.save(log_p, os.path.join(tmp, 'f.png')), 10, burn=2)
+step, run_energy, per_epoch = *build_step(), []
+for _ in range(50):     # the same on the default run's model after each epoch's 100 steps: the cost per epoch of a run
+    timed(step, 100, burn=0)
+    per_epoch.append([timed(lambda: evaluate(run_energy, x_test), 3, burn=1), timed(lambda: in_window(run_energy), 3, burn=1)])
+per_epoch = torch.tensor(per_epoch).mean(0)
 print(f'matmul floor (3 products 200x128x128): {floor * 1e3:.3f} ms')
 print(f'step, default (batch 100, nu 1):  {step_default * 1e3:.3f} ms, {1 / step_default:.0f} steps/s, '
       f'floor/step {floor / step_default:.0%}; original loop {orig_step * 1e3:.3f} ms: {orig_step / step_default:.1f}x faster')
 print(f'step, strong (batch 256, nu 4, 3x128 on 64 Fourier features): {step_strong * 1e3:.3f} ms, {1 / step_strong:.0f} steps/s')
 print(f'frame: {t_plot * 1e3:.1f} ms (original plot {t_orig_plot * 1e3:.0f} ms: {t_orig_plot / t_plot:.0f}x); '
       f'evaluation (quadrature log Z over the plane, test NLL, KL): {t_eval * 1e3:.1f} ms, {t_eval / t_window:.2f}x the same '
-      f'over [-8, 8]² alone ({t_window * 1e3:.1f} ms)')
+      f'over [-8, 8]² alone ({t_window * 1e3:.1f} ms), on the model after 520 steps; over the 50 epochs of the default run, '
+      f'{per_epoch[0] * 1e3:.1f} ms against {per_epoch[1] * 1e3:.1f} ms an epoch, {per_epoch[0] / per_epoch[1]:.2f}x')
 print(f'epoch as train.py runs it (100 steps, evaluation, frame, checkpoint, metrics): {epoch_ours * 1e3:.0f} ms, '
       f'of which steps + evaluation + frame {(100 * step_default + t_eval + t_plot) * 1e3:.0f} ms; '
       f'original epoch (100 steps, checkpoint, plot) {epoch_orig * 1e3:.0f} ms: {epoch_orig / epoch_ours:.1f}x faster')

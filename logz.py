@@ -146,7 +146,8 @@ def annealed_nce(levels, betas):
     for _ in range(NEWTON):
         a, b = torch.sigmoid(r[:, None] - model), torch.sigmoid(noise - r[:, None])
         grad, hess = a.sum(1) - b.sum(1), (a * (1 - a)).sum(1) + (b * (1 - b)).sum(1)
-        r = r - grad / hess.clamp_min(1e-12)
+        r = r - (grad / hess.clamp_min(1e-12)).clamp(-1.0, 1.0)     # at most a nat a step: levels the chains
+                                                                    # separate saturate every sigmoid, and the step blows up
     return r.sum()
 
 
@@ -311,17 +312,23 @@ def benchmark(args):
         if (a['dataset'], a.get('method', 'nce'), a['seed']) not in done:
             todo.append((path, a['dataset'], a.get('method', 'nce'), a['seed']))
     print(f'{len(args.paths)} checkpoints; {len(args.paths) - len(todo)} scored before, in {args.out}: skipped; writing {args.out}')
+    t0 = time.time()
     for found in tqdm(cluster.run(score_job, [(*t, args.budgets, args.device) for t in todo], args.jobs), total=len(todo),
                       unit='model', dynamic_ncols=True):
         rows += found
         files.write_text(args.out, sweep.csv_text(rows, COLUMNS))
     import tables
-    text = tables.logz_tables(rows)
+    doc = os.path.join(ROOT, 'docs/logz.md')
+    models = len({(r['dataset'], r['method'], r['seed']) for r in rows})
+    wall = (f'{(time.time() - t0) / 60:.1f} minutes ({models} models on {args.jobs} workers, {os.cpu_count()} CPU cores)'
+            if todo and len(todo) == models else None)      # the time of a run that scored every model, or the doc's
+    text = '\n\n'.join(filter(None, [tables.logz_tables(rows), tables.footer(doc, 'python logz.py --benchmark', wall)]))
     print(text)
     if args.docs:
         import plot
-        tables.put(os.path.join(ROOT, 'docs/logz.md'), 'logz', text)
-        plot.logz_figure([r for r in rows if math.isfinite(r['log_z'])], os.path.join(ROOT, 'images/logz.png'))
+        tables.put(doc, 'logz', text)
+        from evaluate import TOL
+        plot.logz_figure([r for r in rows if math.isfinite(r['log_z']) and r['log_z_err'] <= TOL], os.path.join(ROOT, 'images/logz.png'))   # the scored models
 
 
 def score_job(path, dataset, method, seed, budgets, device):

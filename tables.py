@@ -281,42 +281,59 @@ def short(method):
     return 'nce' if method == 'strong-10k' else method.removeprefix('strong-10k-')
 
 
-def logz_tables(rows):
+def logz_tables(rows, tol=1e-3):
     """logz.py --benchmark's tables, from its rows (one per model, estimator and budget): |log Ẑ - log Z| by
-    estimator and budget as the median and, in brackets, the 90th percentile over every model; the mean signed error;
-    how often forward and reverse AIS sandwich log Z; and the median |error| by training method at 10^4."""
-    ok = [r for r in rows if np.isfinite(r['log_z'])]
-    models = {(r['dataset'], r['method'], r['seed']) for r in rows}
-    infinite = sorted({(r['dataset'], r['method'], r['seed']) for r in rows} - {(r['dataset'], r['method'], r['seed']) for r in ok})
+    estimator and budget as the median and, in brackets, the 90th percentile over the models; the mean signed error
+    and its standard error; how often forward and reverse AIS sandwich log Z; and the median |error| by training
+    method at 10^4. A model is scored only where the quadrature's own bound is within tol: the others, and those
+    that are not normalisable, are named below the tables."""
+    key = lambda r: (r['dataset'], r['method'], r['seed'])
+    ok = [r for r in rows if np.isfinite(r['log_z']) and r['log_z_err'] <= tol]
+    models, scored = {key(r) for r in rows}, {key(r) for r in ok}
+    infinite = sorted({key(r) for r in rows if not np.isfinite(r['log_z'])})
+    unbounded = {key(r): r['log_z_err'] for r in rows if np.isfinite(r['log_z']) and not r['log_z_err'] <= tol}
     budgets = sorted({r['budget'] for r in ok if r['budget']})
     names = [n for n in ('is', 'ais', 'reverse ais', 'annealed nce') if any(r['estimator'] == n for r in ok)]
     err = lambda n, b, **kw: [r['log_z_hat'] - r['log_z'] for r in ok if r['estimator'] == n and r['budget'] == b
                               and all(r[k] == v for k, v in kw.items())]
     head = lambda first, cols: f'| {first} | ' + ' | '.join(cols) + ' |\n|' + '---|' * (len(cols) + 1)
     cols = [f'{b:.0e}' for b in budgets]
-    text = ['**|error| of log Z, nats: median [90th percentile] over the models**', '', head('estimator', cols)]
-    text += [f'| `{n}` | ' + ' | '.join(f'{np.median(np.abs(e)):.3f} [{np.percentile(np.abs(e), 90):.3f}]' if (e := err(n, b)) else ''
+    text = [f'**|error| of log Z, nats: median [90th percentile] over the {len(scored)} models scored**', '', head('estimator', cols)]
+    text += [f'| `{n}` | ' + ' | '.join(f'{num(np.median(np.abs(e)))} [{num(np.percentile(np.abs(e), 90))}]' if (e := err(n, b)) else ''
                                          for b in budgets) + ' |' for n in names]
     if c := err('nce c', 0):
         text += ['', f'NCE\'s own c, which costs no evaluation once trained, on the {len(c)} models that learn one: median '
-                 f'|c - log Z| {np.median(np.abs(c)):.3f} [{np.percentile(np.abs(c), 90):.3f}], mean error {num(np.mean(c), 3, "+")}.']
-    text += ['', '**Mean error of log Z (estimate - truth), nats**', '', head('estimator', cols)]
-    text += [f'| `{n}` | ' + ' | '.join(num(np.mean(e), 3, '+') if (e := err(n, b)) else '' for b in budgets) + ' |' for n in names]
-    text += ['', '**The sandwich: share of models with forward AIS ≤ log Z ≤ reverse AIS, and its median width**', '',
-             head('budget', ['contains log Z', 'width (nats)'])]
+                 f'|c - log Z| {num(np.median(np.abs(c)))} [{num(np.percentile(np.abs(c), 90))}], mean error {num(np.mean(c), 3, "+")}.']
+    text += ['', '**Mean error of log Z (estimate - truth) ± its standard error over the models, nats**', '', head('estimator', cols)]
+    text += [f'| `{n}` | ' + ' | '.join(f'{num(np.mean(e), 3, "+")} ± {num(np.std(e, ddof=1) / np.sqrt(len(e)))}' if len(e := err(n, b)) > 1
+                                         else '' for b in budgets) + ' |' for n in names]
+    text += ['', '**The sandwich, one run of each: forward AIS ≤ log Z ≤ reverse AIS, forward above reverse, and the median '
+             'of reverse - forward**', '', head('budget', ['contains log Z', 'forward above reverse', 'reverse - forward (nats)'])]
     for b in budgets:
-        pairs = [(r['log_z_hat'], s['log_z_hat'], r['log_z']) for r in ok for s in ok if r['estimator'] == 'ais' and s['estimator'] == 'reverse ais'
-                 and r['budget'] == s['budget'] == b and (r['dataset'], r['method'], r['seed']) == (s['dataset'], s['method'], s['seed'])]
+        hat = {(key(r), r['estimator']): r['log_z_hat'] for r in ok if r['budget'] == b}
+        pairs = [(hat[k, 'ais'], hat[k, 'reverse ais'], r['log_z']) for r in ok for k in [key(r)]
+                 if r['estimator'] == 'ais' and r['budget'] == b and (k, 'reverse ais') in hat]
         if pairs:
-            text.append(f'| {b:.0e} | {np.mean([lo <= t <= hi for lo, hi, t in pairs]):.0%} of {len(pairs)} | {np.median([hi - lo for lo, hi, _ in pairs]):.3f} |')
-    by = sorted({r['method'] for r in ok})
+            text.append(f'| {b:.0e} | {np.mean([lo <= t <= hi for lo, hi, t in pairs]):.0%} of {len(pairs)} | '
+                        f'{np.mean([lo > hi for lo, hi, _ in pairs]):.0%} | {num(np.median([hi - lo for lo, hi, _ in pairs]), 3, "+")} |')
     if 1e4 in budgets:
         text += ['', '**Median |error| at 10^4 evaluations (AIS: K = 100, M = 100), by the training method**', '',
-                 head('method', [f'`{n}`' for n in names])]
-        text += [f'| `{m}` | ' + ' | '.join(f'{np.median(np.abs(e)):.3f}' if (e := err(n, 1e4, method=m)) else '' for n in names) + ' |' for m in by]
-    text += ['', f'{len(models)} models; {len(infinite)} not normalisable, left out: '
-             + (', '.join(f'{d} {m} seed {s}' for d, m, s in infinite) or 'none') + '.']
+                 head('method', ['models'] + [f'`{n}`' for n in names])]
+        text += [f'| `{m}` | {len({key(r) for r in ok if r["method"] == m})} | ' + ' | '.join(
+            num(np.median(np.abs(e))) if (e := err(n, 1e4, method=m)) else '' for n in names) + ' |' for m in sorted({r['method'] for r in ok})]
+    text += ['', f'{len(models)} models, {len(scored)} scored. Not normalisable: {seeds_of(infinite)}. Left out because the '
+             f'quadrature\'s own bound on log Z is above {tol:g} nats, so no estimate can be scored against it: '
+             f'{seeds_of(unbounded)}' + (f' (bounds {min(unbounded.values()):.2g} to {max(unbounded.values()):.2g} nats)' if unbounded else '') + '.']
     return '\n'.join(text)
+
+
+def seeds_of(models):
+    """(dataset, method, seed) triples as a phrase: `cd` on moons (seeds 0-4), rings (seed 2); or 'none'."""
+    by = {}
+    for d, m, s in sorted(models):
+        by.setdefault(m, {}).setdefault(d, []).append(s)
+    return '; '.join(f'`{m}` on ' + ', '.join(f'{d} (seed{"s" if len(s) > 1 else ""} {", ".join(map(str, s))})' for d, s in ds.items())
+                     for m, ds in by.items()) or 'none'
 
 
 def footer(path, command, wall):

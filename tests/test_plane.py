@@ -121,6 +121,24 @@ def test_a_density_that_falls_off_a_cliff_just_past_a_region_edge_is_integrated(
         assert evaluate.log_z_in_window(energy).item() < log_z - 5 * TOL
 
 
+@pytest.mark.parametrize('mode', [(4.6, 0.15), (6.0, 0.05)], ids=['near-the-window', 'narrow'])
+def test_only_the_band_of_a_region_that_holds_the_mass_is_checked_on_finer_cells(mode):
+    """A mode past the window, 5% of the mass, at radius 4.6 or (as narrow as the ring's cells of 0.1) at radius 6:
+    the ring [4, 8]² holding more than the tolerance is trusted only on cells half as wide, and only out to where
+    less than the tolerance lies beyond; the rest keeps its cells. log Z is its closed form either way."""
+    radius, std = mode
+    energy = Mixture([(0.5, -0.3), (radius, 0.0)], [0.3, std], [0.95, 0.05])
+    z = plane(energy)
+    assert abs(z['log_z'].item() - energy.log_z) < TOL and z['err'] <= TOL
+    ring = [(r['inner'], r['outer'], r['side']) for r in z['regions'] if evaluate.PLOT_LIM <= r['inner'] < evaluate.Z_LIM]
+    h = 2 * evaluate.PLOT_LIM / GRID_N
+    (_, edge, side), (start, end, rest) = ring
+    assert side <= 2 * h and rest == 4 * h and edge == start and radius + 2 * std < edge < end == evaluate.Z_LIM
+    cut = evaluate.region(energy, edge, end, rest)
+    assert torch.equal(cut['log_p'], z['regions'][2]['log_p'])     # the rest's values as they were, in its own order
+    assert math.exp(cut['fine'].item() - z['log_z'].item()) < TOL
+
+
 def test_mle_nodes_estimate_z_over_the_plane_without_bias():
     """--method mle's log Z: the nodes cover the plane far beyond the grid, and the mean over steps of the estimate of
     Z, Σ_k a_k p̃(node_k), is the closed form, here of a mixture with 30% of its mass at radius 20."""
