@@ -199,9 +199,9 @@ def plane(energy, n=GRID_N, log_p=None, outer=None, tol=TOL):
         if unchecked:
             i = unchecked[0]
             r, c = regions[i], mass_edge(regions[i], lz, tol)
-            near = layout(r['inner'], r['outer'], r['side'], device)[0].abs().amax(1) < c
-            band = region(energy, r['inner'], c, r['side'] / 2, coarse=log_mass(r['log_p'][near], r['side']))
-            rest = [region(energy, c, r['outer'], r['side'], log_p=r['log_p'][~near])] if c < r['outer'] else []   # under tol
+            within = layout(r['inner'], r['outer'], r['side'], device)[0].abs().amax(1) < c     # its cells inside c
+            band = region(energy, r['inner'], c, r['side'] / 2, coarse=log_mass(r['log_p'][within], r['side']))
+            rest = [region(energy, c, r['outer'], r['side'], log_p=r['log_p'][~within])] if c < r['outer'] else []   # under tol
             regions[i:i + 1], levels[i:i + 1] = [band, *rest], [1] + [0] * len(rest)
             continue
         # a cliff at an edge: where a region's outermost cells hold mass, the density may fall within the next
