@@ -116,10 +116,11 @@ def summed(energy, r):
     return r
 
 
-def mass_edge(r, lz, tol):
+def mass_edge(r, distance, lz, tol):
     """The least edge c, inner < c < outer and a whole number of cells of twice the region's side from 0, beyond which
-    the region holds less than tol of the mass, relative to Z = exp(lz); its outer edge where there is none."""
-    step, distance = 2 * r['side'], layout(r['inner'], r['outer'], r['side'], r['log_p'].device)[0].abs().amax(1)
+    the region holds less than tol of the mass, relative to Z = exp(lz); its outer edge where there is none. distance:
+    each of its cells' distance from 0 in the max norm."""
+    step = 2 * r['side']
     band = ((distance - r['inner']) / step).floor().long()       # the bands of width `step` from the inner edge
     mass = (r['log_p'].double() + 2 * math.log(r['side']) - lz).exp()
     beyond = torch.zeros(int(band.max()) + 1, dtype=torch.float64, device=mass.device).index_add_(0, band, mass).flip(0).cumsum(0).flip(0)
@@ -198,8 +199,10 @@ def plane(energy, n=GRID_N, log_p=None, outer=None, tol=TOL):
                      and cells(r['inner'], r['outer'], r['side'] / 2) <= MAX_CELLS]
         if unchecked:
             i = unchecked[0]
-            r, c = regions[i], mass_edge(regions[i], lz, tol)
-            within = layout(r['inner'], r['outer'], r['side'], device)[0].abs().amax(1) < c     # its cells inside c
+            r = regions[i]
+            distance = layout(r['inner'], r['outer'], r['side'], device)[0].abs().amax(1)
+            c = mass_edge(r, distance, lz, tol)
+            within = distance < c       # its cells inside the band's edge
             band = region(energy, r['inner'], c, r['side'] / 2, coarse=log_mass(r['log_p'][within], r['side']))
             rest = [region(energy, c, r['outer'], r['side'], log_p=r['log_p'][~within])] if c < r['outer'] else []   # under tol
             regions[i:i + 1], levels[i:i + 1] = [band, *rest], [1] + [0] * len(rest)

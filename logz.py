@@ -318,17 +318,17 @@ def benchmark(args):
         rows += found
         files.write_text(args.out, sweep.csv_text(rows, COLUMNS))
     import tables
+    from evaluate import TOL
     doc = os.path.join(ROOT, 'docs/logz.md')
     models = len({(r['dataset'], r['method'], r['seed']) for r in rows})
     wall = (f'{(time.time() - t0) / 60:.1f} minutes ({models} models on {args.jobs} workers, {os.cpu_count()} CPU cores)'
             if todo and len(todo) == models else None)      # the time of a run that scored every model, or the doc's
-    text = '\n\n'.join(filter(None, [tables.logz_tables(rows), tables.footer(doc, 'python logz.py --benchmark', wall)]))
+    text = '\n\n'.join(filter(None, [tables.logz_tables(rows, TOL), tables.footer(doc, 'python logz.py --benchmark', wall)]))
     print(text)
     if args.docs:
         import plot
         tables.put(doc, 'logz', text)
-        from evaluate import TOL
-        plot.logz_figure([r for r in rows if math.isfinite(r['log_z']) and r['log_z_err'] <= TOL], os.path.join(ROOT, 'images/logz.png'))   # the scored models
+        plot.logz_figure([r for r in rows if tables.scored(r, TOL)], os.path.join(ROOT, 'images/logz.png'))
 
 
 def score_job(path, dataset, method, seed, budgets, device):

@@ -281,15 +281,20 @@ def short(method):
     return 'nce' if method == 'strong-10k' else method.removeprefix('strong-10k-')
 
 
-def logz_tables(rows, tol=1e-3):
+def scored(row, tol):
+    """Whether a logz.csv row's model can be scored: it is normalisable and the quadrature's bound is within tol."""
+    return bool(np.isfinite(row['log_z']) and row['log_z_err'] <= tol)
+
+
+def logz_tables(rows, tol):
     """logz.py --benchmark's tables, from its rows (one per model, estimator and budget): |log Ẑ - log Z| by
     estimator and budget as the median and, in brackets, the 90th percentile over the models; the mean signed error
     and its standard error; how often forward and reverse AIS sandwich log Z; and the median |error| by training
     method at 10^4. A model is scored only where the quadrature's own bound is within tol: the others, and those
     that are not normalisable, are named below the tables."""
     key = lambda r: (r['dataset'], r['method'], r['seed'])
-    ok = [r for r in rows if np.isfinite(r['log_z']) and r['log_z_err'] <= tol]
-    models, scored = {key(r) for r in rows}, {key(r) for r in ok}
+    ok = [r for r in rows if scored(r, tol)]
+    models, kept = {key(r) for r in rows}, {key(r) for r in ok}
     infinite = sorted({key(r) for r in rows if not np.isfinite(r['log_z'])})
     unbounded = {key(r): r['log_z_err'] for r in rows if np.isfinite(r['log_z']) and not r['log_z_err'] <= tol}
     budgets = sorted({r['budget'] for r in ok if r['budget']})
@@ -298,7 +303,7 @@ def logz_tables(rows, tol=1e-3):
                               and all(r[k] == v for k, v in kw.items())]
     head = lambda first, cols: f'| {first} | ' + ' | '.join(cols) + ' |\n|' + '---|' * (len(cols) + 1)
     cols = [f'{b:.0e}' for b in budgets]
-    text = [f'**|error| of log Z, nats: median [90th percentile] over the {len(scored)} models scored**', '', head('estimator', cols)]
+    text = [f'**|error| of log Z, nats: median [90th percentile] over the {len(kept)} models scored**', '', head('estimator', cols)]
     text += [f'| `{n}` | ' + ' | '.join(f'{num(np.median(np.abs(e)))} [{num(np.percentile(np.abs(e), 90))}]' if (e := err(n, b)) else ''
                                          for b in budgets) + ' |' for n in names]
     if c := err('nce c', 0):
@@ -321,7 +326,7 @@ def logz_tables(rows, tol=1e-3):
                  head('method', ['models'] + [f'`{n}`' for n in names])]
         text += [f'| `{m}` | {len({key(r) for r in ok if r["method"] == m})} | ' + ' | '.join(
             num(np.median(np.abs(e))) if (e := err(n, 1e4, method=m)) else '' for n in names) + ' |' for m in sorted({r['method'] for r in ok})]
-    text += ['', f'{len(models)} models, {len(scored)} scored. Not normalisable: {seeds_of(infinite)}. Left out because the '
+    text += ['', f'{len(models)} models, {len(kept)} scored. Not normalisable: {seeds_of(infinite)}. Left out because the '
              f'quadrature\'s own bound on log Z is above {tol:g} nats, so no estimate can be scored against it: '
              f'{seeds_of(unbounded)}' + (f' (bounds {min(unbounded.values()):.2g} to {max(unbounded.values()):.2g} nats)' if unbounded else '') + '.']
     return '\n'.join(text)
