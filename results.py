@@ -1,6 +1,7 @@
 """Regenerate the README's results over several seeds, in parallel: NCE (the original defaults, other noises, the
 strong preset on its own 100000 samples and on the baselines' 10000) against exact maximum likelihood, a Gaussian
-mixture and a kernel density estimate, every number exact (quadrature, true densities).
+mixture and a kernel density estimate, and the estimator benchmark; every number exact (quadrature, true
+densities), each run scored by the mean KL of its last 5 epochs.
 
 Each job is kept on disk as it finishes (results-jobs/), so a sweep stopped at any moment loses only the jobs in
 flight: the same command, run again, skips those done and runs the rest. The tables are printed; --docs also puts
@@ -11,9 +12,9 @@ $ python results.py --methods nce-fit nce-gmm         # the noise-family table (
 $ python results.py --methods strong-nobase strong-10k-nobase   # the strong preset without its base (same doc)
 $ python results.py --methods nce nce-flow nce-flow-narrow fce mle strong-10k strong-10k-flow strong-10k-fce
                                                       # learned noise: the flow and FCE tables (docs/flow.md)
-$ python results.py --methods nce rank cnce ence is mle sm dsm cd pcd   # the estimators, and their curves in curves.csv
-$ python results.py --methods strong-10k strong-10k-rank strong-10k-ence strong-10k-mle strong-10k-sm strong-10k-pcd
-                                                      # the estimators on the strong network (docs/estimators.md)
+$ python results.py --methods silu-nce silu-rank silu-cnce silu-ence silu-is silu-mle silu-sm silu-dsm silu-cd silu-pcd
+                                                      # the estimator benchmark on the smooth network (docs/estimators.md)
+$ python results.py --methods nce rank cnce ence is mle dsm cd pcd   # the same on the original LeakyReLU network
 $ python results.py --shard 0/3 --out a.csv           # a third of the jobs, e.g. on another machine
 $ python results.py --merge a.csv b.csv c.csv --docs  # assemble results.csv and the tables from the shards
 $ python results.py --scheduler tcp://host:8786       # the jobs on a Dask cluster (pip install -r requirements-cluster.txt)
@@ -41,7 +42,7 @@ from data import DATASETS, sample_2d_data
 from evaluate import PLOT_LIM, evaluate_flow, grid, log_p_on
 from model import EBM
 from sweep import CURVE_COLUMNS, combine_curves, curves_path, read_curves
-from tables import base_table, best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
+from tables import LAST, base_table, best_table, comparison_rows, estimator_tables, flow_tables, footer, noise_table, put, results_table, short, with_curves
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BASE_SAMPLES, STRONG_SAMPLES = train.PRESETS['original']['samples'], train.PRESETS['strong']['samples']
@@ -62,30 +63,26 @@ METHODS = {     # name: how it is trained; NCE methods are `python train.py` run
     'strong-10k-flow': dict(preset='strong', noise='flow', epoch=FAIR_EPOCHS),
     'strong-10k-fce': dict(preset='strong', noise='fce', epoch=FAIR_EPOCHS),
     'mle': dict(preset='original', method='mle'),     # exact maximum likelihood, the same network, data and steps
-    # NCE's competitors and variants (docs/estimators.md), each `python train.py --method M` with its documented settings
-    'rank': dict(preset='original', method='rank'),
-    'cnce': dict(preset='original', method='cnce'),
-    'ence': dict(preset='original', method='ence'),
-    'is': dict(preset='original', method='is'),
-    'sm': dict(preset='original', method='sm', act='silu'),     # score matching needs a smooth energy
-    'dsm': dict(preset='original', method='dsm'),
-    'cd': dict(preset='original', method='cd'),
-    'pcd': dict(preset='original', method='pcd'),
     'gmm': dict(),                      # k = 1..--gmm-max-k (30) by BIC
     'kde': dict(),
 }
 DEFAULT_METHODS = ('nce', 'strong', 'strong-10k', 'mle', 'gmm', 'kde')
-# the estimators, on the original network and on the strong preset's (strong-10k is its NCE), each evaluated at every
-# epoch for its curve of KL against training time (curves.csv)
+# The estimator benchmark (docs/estimators.md): every estimator at the original budget with the settings tune.py chose
+# on validation seeds (methods.TUNED, train.py's defaults for the competitors; NCE's choice is NCE_TUNED, since its
+# defaults stay the original's), on the smooth network (SiLU at the original widths) and on the original LeakyReLU
+# network, where sm cannot run. Each job is evaluated every CURVE_EVERY epochs and at its last LAST, for its curve.
 ESTIMATORS = ('nce', 'rank', 'cnce', 'ence', 'is', 'mle', 'sm', 'dsm', 'cd', 'pcd')
-METHODS.update({f'strong-10k-{m}': dict(preset='strong', method=m, epoch=FAIR_EPOCHS) for m in ESTIMATORS[1:]})
-STRONG_ESTIMATORS = ('strong-10k', *(f'strong-10k-{m}' for m in ESTIMATORS[1:]))
-# the strong-network table: nce, rank, the best other NCE variant, exact MLE, the better of sm and dsm and of cd and
-# pcd, each chosen by the original network's table (docs/estimators.md)
-STRONG_TABLE = ('strong-10k', 'strong-10k-rank', 'strong-10k-ence', 'strong-10k-mle', 'strong-10k-sm', 'strong-10k-pcd')
-# seconds a job on one thread, as measured on earlier machines: the longest go first
-COST = {'strong': 37, 'strong-nobase': 45, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16, 'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9,
-        'strong-10k-pcd': 26, 'strong-10k-mle': 21, 'strong-10k-sm': 17, 'strong-10k': 8, 'kde': 7, 'gmm': 4}
+NCE_TUNED = dict(nu=4)
+METHODS.update({m: dict(preset='original', method=m) for m in ESTIMATORS if m not in ('nce', 'mle', 'sm')})
+METHODS.update({f'silu-{m}': dict(preset='original', method=m, act='silu', **(NCE_TUNED if m == 'nce' else {})) for m in ESTIMATORS})
+METHODS['sm'] = dict(preset='original', method='sm', act='silu')    # = silu-sm: the models of logz.py's benchmark
+SILU = tuple(f'silu-{m}' for m in ESTIMATORS)
+LEAKY = tuple(m for m in ESTIMATORS if m != 'sm')
+CURVE_EVERY = 5
+# seconds a job on one thread, as measured (the silu- ones by tune.py's sweep): the longest go first
+COST = {'strong': 37, 'strong-nobase': 45, 'mle': 45, 'pcd': 36, 'cd': 34, 'sm': 30, 'dsm': 16, 'strong-10k-fce': 20, 'strong-10k-flow': 16,
+        'fce': 14, 'nce-flow': 9, 'nce-flow-narrow': 9, 'strong-10k': 8, 'kde': 7, 'gmm': 4, 'silu-mle': 36, 'silu-cd': 28, 'silu-is': 27,
+        'silu-sm': 21, 'silu-pcd': 17, 'silu-dsm': 10, 'silu-nce': 9, 'silu-rank': 9}
 COLUMNS = ('dataset', 'method', 'seed', 'nll', 'kl', 'c', 'log_z', 'gap', 'H', 'seconds',
            'samples', 'epochs', 'steps', 'preset', 'noise', 'k', 'bandwidth', 'flow_kl', 'flow_steps', 'flow_mle_kl')
 N_IMG = 160     # the figure's grid
@@ -119,12 +116,11 @@ def run_job(dataset, method, seed, cfg):
     if 'preset' in spec:
         preset = train.PRESETS[spec['preset']]
         epochs = max(1, round(spec.get('epoch', preset['epoch']) * cfg['budget']))
-        curved = cfg['curves'] and method in ESTIMATORS + STRONG_ESTIMATORS
+        curved = method in SILU + LEAKY
         keep = os.path.join(cfg['keep'], f'{dataset}_{method}_{seed}.pth.tar') if cfg.get('keep') else None
-        energy, m, history = nce(dataset, seed, spec, n, epochs, every=1 if curved else epochs, keep=keep)
-        if curved:      # its seconds as every other row's, evaluated once: less the epochs' time outside their steps
-            curve = curve_rows(dataset, method, seed, history)      # (evaluation, checkpoint) but for the last epoch's
-            t += sum(h['seconds'] - h['train_seconds'] for h in history[:-1])
+        energy, m, history = nce(dataset, seed, spec, n, epochs, every=CURVE_EVERY if curved else 0, keep=keep)
+        curve = curve_rows(dataset, method, seed, history)      # its evaluated epochs: the last LAST, and a curve's
+        t += sum(h['seconds'] - h['train_seconds'] for h in history[:-1])     # its time as evaluated once, at the end
         row.update(m, epochs=epochs, steps=epochs * math.ceil(n / preset['batch']), preset=spec['preset'], noise=spec.get('noise'))
         if spec.get('noise') == 'fce':      # the reference for FCE's flow, not part of its time: the same flow fitted by MLE for as many steps
             reference = time.perf_counter()
@@ -151,17 +147,20 @@ def run_job(dataset, method, seed, cfg):
 
 
 def nce(dataset, seed, spec, n, epochs, every, keep=None):
-    """`python train.py --dataset D --seed S --preset P [--method M] [--noise Q]`, in this process, evaluated exactly at
-    its last epoch, or every `every` epochs (the evaluation draws nothing: the training is the same either way). keep:
-    where to copy its checkpoint, or None."""
+    """`python train.py --dataset D --seed S --preset P [--FLAG V for the rest of spec]`, in this process, evaluated
+    exactly at each of its last LAST epochs and, for a curve, every `every` epochs before them (0: not before): the
+    run's first epochs, then a --resume for the last LAST, which trains as one run would (the evaluation draws
+    nothing). keep: where to copy its checkpoint, or None."""
+    head = max(0, epochs - LAST)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = os.path.join(tmp, 'nce.pth.tar')
-        argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--samples', str(n),
-                '--epoch', str(epochs), '--eval-every', str(every), '--no-plot', '--ckpt', ckpt]
-        for k in ('method', 'noise', 'flow_broad', 'act', 'base'):
-            argv += [f'--{k.replace("_", "-")}', str(spec[k])] if k in spec else []
+        argv = ['--dataset', dataset, '--seed', str(seed), '--preset', spec['preset'], '--samples', str(n), '--no-plot', '--ckpt', ckpt]
+        for k, v in spec.items():
+            argv += [f'--{k.replace("_", "-")}', str(v)] if k not in ('preset', 'epoch') else []
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train.main(train.get_args(argv))
+            if head:
+                train.main(train.get_args(argv + ['--epoch', str(head), '--eval-every', str(every)]))
+            train.main(train.get_args(argv + ['--epoch', str(epochs - head), '--eval-every', '1'] + ['--resume'] * bool(head)))
         ck = resume.load(ckpt)
         if keep:
             files.atomic_write(keep, lambda tmp: shutil.copyfile(ckpt, tmp))
@@ -172,13 +171,14 @@ def nce(dataset, seed, spec, n, epochs, every, keep=None):
 
 
 def curve_rows(dataset, method, seed, history):
-    """A job's curve: at each epoch, its exact KL, its |c - log Z| where it learns c, and the training seconds so far,
-    the steps alone (train.py's train_seconds: no evaluation, frame or checkpoint)."""
+    """A job's evaluated epochs: at each, its exact KL, its |c - log Z| where it learns c, and the training seconds so
+    far, the steps alone (train.py's train_seconds: no evaluation, frame or checkpoint)."""
     seconds, out = 0.0, []
     for h in history:
         seconds += h['train_seconds']
-        out.append(dict(dataset=dataset, method=method, seed=seed, epoch=h['epoch'], train_seconds=seconds, kl=h['kl'],
-                        gap=abs(h['c'] - h['log_z']) if h['c'] is not None else None))
+        if h['kl'] is not None:
+            out.append(dict(dataset=dataset, method=method, seed=seed, epoch=h['epoch'], train_seconds=seconds, kl=h['kl'],
+                            gap=abs(h['c'] - h['log_z']) if h['c'] is not None else None))
     return out
 
 
@@ -229,11 +229,12 @@ def write_docs(rows, ran, wall=None, curves=(), write=True):
     seeds = sorted({r['seed'] for r in rows})
     seeds = f'{seeds[0]} to {seeds[-1]}' if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1 else str(seeds)
     readme, text = os.path.join(ROOT, 'README.md'), ''
+    scored = with_curves(rows, curves)
     if set(ran) & set(DEFAULT_METHODS):
-        text = results_table(rows, seeds, STRONG_SAMPLES, BASE_SAMPLES, FAIR_EPOCHS)
+        text = results_table(scored, seeds, STRONG_SAMPLES, BASE_SAMPLES, FAIR_EPOCHS)
         text += '\n\n' + footer(readme, 'python results.py', wall if set(DEFAULT_METHODS) <= set(ran) else None)
         save(readme, 'results', text)
-        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(rows))
+        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'strong', comparison_rows(scored))
     if set(ran) & {'strong', 'strong-10k', 'strong-nobase', 'strong-10k-nobase'} and any(r['method'] == 'strong-nobase' for r in rows):
         text += '\n\n' + base_table(rows)
         save(os.path.join(ROOT, 'docs/strong-preset.md'), 'base', base_table(rows))
@@ -243,10 +244,9 @@ def write_docs(rows, ran, wall=None, curves=(), write=True):
     if set(ran) & {'nce-flow', 'fce', 'strong-10k-fce'} and any(r['method'] == 'fce' for r in rows):
         text += '\n\n' + flow_tables(rows)
         save(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
-    scored = with_curves(rows, curves)
     doc = os.path.join(ROOT, 'docs/estimators.md')
-    for block, table, reference, efficient, image in (('benchmark', ESTIMATORS, 'nce', 'mle', 'images/estimators.png'),
-                                                      ('strong-benchmark', STRONG_TABLE, 'strong-10k', 'strong-10k-mle', 'images/estimators-strong.png')):
+    for block, table, reference, efficient, image in (('benchmark', SILU, 'silu-nce', 'silu-mle', 'images/estimators.png'),
+                                                      ('leaky-benchmark', LEAKY, 'nce', 'mle', 'images/estimators-leaky.png')):
         if set(ran) & set(table) - set(DEFAULT_METHODS) and any(r.get('kl5') is not None for r in scored if r['method'] in table):
             made = estimator_tables(scored, table, reference, efficient, short) + '\n\n' + footer(doc, 'python results.py --methods ' + ' '.join(table), wall if set(table) <= set(ran) else None)
             text += '\n\n' + made
@@ -334,9 +334,8 @@ def main(args):
         print(f'{len(rows)} rows from {len(args.merge)} files: {args.out}' + (f', curves {curves_path(args.out)}' if curves else ''))
         print(write_docs(rows, {r['method'] for r in rows}, curves=curves, write=args.docs))
         return
-    # the default table's nce, mle and strong-10k are evaluated every epoch, for curves, only in a run of the estimators
     cfg = dict(samples=args.samples, strong_samples=args.strong_samples, budget=args.budget, gmm_max_k=args.gmm_max_k,
-               keep=args.keep and os.path.abspath(args.keep), curves=bool(set(args.methods) & set(ESTIMATORS + STRONG_ESTIMATORS) - set(DEFAULT_METHODS)))
+               keep=args.keep and os.path.abspath(args.keep))
     jobs = [(d, m, s) for d in args.datasets for m in METHODS if m in args.methods for s in range(args.seeds)]
     i, n = args.shard
     jobs = sorted(jobs[i::n], key=lambda j: -COST.get(j[1], 3))    # the longest first, so the last ones are short

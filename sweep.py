@@ -1,6 +1,6 @@
-"""What a sweep of results.py keeps on disk: a journal with a file per finished job, so that a sweep killed at any
-moment (or a Dask worker lost) loses only the jobs in flight and the same command, run again, goes on where it
-stopped; and the curves CSV beside the results CSV."""
+"""What a sweep of results.py or tune.py keeps on disk: a journal with a file per finished job, so that a sweep
+killed at any moment (or a Dask worker lost) loses only the jobs in flight and the same command, run again, goes on
+where it stopped; and the curves CSV beside the results CSV."""
 import csv
 import hashlib
 import io

@@ -6,6 +6,8 @@ import numpy as np
 import files
 from data import DATASETS
 
+LAST = 5    # a run is scored by the mean KL of its last LAST epochs: at a constant learning rate the last one's jitters
+
 
 def cells(rows, dataset, method, col):
     """A column's values for one dataset and method, seed by seed."""
@@ -63,10 +65,11 @@ def results_table(rows, seeds, strong_samples, base_samples, fair_epochs):
             continue
         line = [d, f'{np.mean(cells(rows, d, cols[0][0], "H")):.3f}']
         for m, _ in cols:
-            line += [mean_sd(cells(rows, d, m, 'kl'))] + ([mean_sd(cells(rows, d, m, 'gap'))] if m in ('nce', 'strong') else [])
+            line += [mean_sd(cells(rows, d, m, 'kl5'))] + ([mean_sd(cells(rows, d, m, 'gap'))] if m in ('nce', 'strong') else [])
             line += [f'{np.mean(cells(rows, d, m, "seconds")):.0f} s'] if m == 'strong' else []
         table.append('| ' + ' | '.join(line) + ' |')
-    table += ['', f'KL = test NLL − H and gap = |c − log Z| (nats), mean ± sd over seeds {seeds} (`train.py --seed s`). '
+    table += ['', f'KL = test NLL − H, the mean of a run\'s last {LAST} epochs, and gap = |c − log Z| at its last (nats), '
+              f'mean ± sd over seeds {seeds} (`train.py --seed s`). '
               f'strong draws {strong_samples} samples; the rest, strong 10k ({fair_epochs} epochs) too, the seed\'s '
               f'{base_samples}. wall: one thread. Claims need a paired t-test across seeds (95%; '
               '[docs/results.md](docs/results.md)):', '']
@@ -74,7 +77,7 @@ def results_table(rows, seeds, strong_samples, base_samples, fair_epochs):
                        ('strong-10k', 'gmm', 'Strong 10k against the GMM'), ('strong-10k', 'kde', 'Strong 10k against the KDE'),
                        ('strong', 'strong-10k', 'Strong on 100000 samples against 10000')):
         if has(a) and has(b):
-            table.append(f'- {what}: KL {verdict(rows, a, b)}.')
+            table.append(f'- {what}: KL {verdict(rows, a, b, "kl5")}.')
     return '\n'.join(table)
 
 
@@ -84,11 +87,11 @@ def comparison_rows(rows):
     for d in DATASETS:
         out = []
         for a, b in (('strong', 'gmm'), ('strong-10k', 'gmm'), ('strong-10k', 'kde')):
-            p = paired(rows, d, a, b)
+            p = paired(rows, d, a, b, 'kl5')
             out.append('' if p is None else f'{p[0]:+.4f} ± {p[1]:.4f}' + (' *' if p[2] else ''))
         if any(out):
             table.append(f'| {d} | ' + ' | '.join(out) + ' |')
-    table += ['', 'KL differences in nats, paired by seed (mean ± sd); negative: the strong preset is closer to the '
+    table += ['', f'Differences of the KL (each run\'s mean over its last {LAST} epochs) in nats, paired by seed (mean ± sd); negative: the strong preset is closer to the '
               'data. * marks a difference a paired t-test across seeds finds (two-sided, 95%).']
     return '\n'.join(table)
 
@@ -197,19 +200,17 @@ def flow_tables(rows):
 # ----------------------------------------------------------------------------------------------------
 # the estimators (docs/estimators.md): each job judged by its mean KL over its last LAST epochs, from its curve
 
-LAST = 5    # at a constant learning rate the last epoch's KL jitters; the mean of the last 5 is steadier
-
-
 def with_curves(rows, curves, last=LAST):
     """The rows, each job with a curve gaining kl5 (its mean exact KL over its last `last` epochs) and train_seconds
-    (its steps alone, without evaluation)."""
+    (its steps alone, without evaluation); a model fitted without epochs (the GMM, the KDE) has its one KL as kl5."""
     jobs = {}
     for c in curves:
         jobs.setdefault((c['dataset'], c['method'], c['seed']), []).append(c)
     out = []
     for r in rows:
         curve = sorted(jobs.get((r['dataset'], r['method'], r['seed']), []), key=lambda c: c['epoch'])
-        extra = dict(kl5=float(np.mean([c['kl'] for c in curve[-last:]])), train_seconds=curve[-1]['train_seconds']) if curve else {}
+        extra = dict(kl5=float(np.mean([c['kl'] for c in curve[-last:]])), train_seconds=curve[-1]['train_seconds']) if curve \
+            else dict(kl5=r['kl']) if r.get('epochs') is None else {}
         out.append({**r, **extra})
     return out
 
@@ -221,8 +222,7 @@ def by_method(rows, methods, shown, cell, name):
 
 
 def estimator_tables(rows, methods, reference, efficient, name=str):
-    """The benchmark's tables: for each method and dataset the KL (mean over the last LAST epochs, and the last
-    epoch's), the gap |c - log Z| where the method learns c, its difference from the efficient reference (exact MLE)
+    """The benchmark's tables: for each method and dataset the KL (mean over the last LAST epochs), the gap |c - log Z| where the method learns c, its difference from the efficient reference (exact MLE)
     paired by seed, and its time; then each method against `reference` (NCE) and `efficient`, only as far as paired
     t-tests across seeds on the last-LAST mean support. `name` shows a method's name."""
     methods = [m for m in methods if any(r['method'] == m for r in rows)]
@@ -231,8 +231,6 @@ def estimator_tables(rows, methods, reference, efficient, name=str):
     out = [f'**KL, mean of the last {LAST} epochs** (nats), mean ± sd over seeds; ↓ or ↑: lower or higher than '
            f'`{name(reference)}` by a paired t-test across seeds (two-sided, 95%).', '']
     out += by_method(rows, methods, shown, lambda d, m: mean_sd(cells(rows, d, m, 'kl5')) + mark(d, m), name)
-    out += ['', '**KL at the last epoch** (nats), mean ± sd over seeds.', '']
-    out += by_method(rows, methods, shown, lambda d, m: mean_sd(cells(rows, d, m, 'kl')), name)
     def closeness(d, m):
         p = paired(rows, d, m, efficient, 'kl5')
         return '' if p is None else f'{num(p[0], sign="+")} ± {num(p[1])}' + (' *' if p[2] else '')
@@ -277,8 +275,8 @@ def best_table(rows, methods, reference, efficient, name=str):
 
 
 def short(method):
-    """A method's name in the estimator tables: the strong network's as the estimator's own."""
-    return 'nce' if method == 'strong-10k' else method.removeprefix('strong-10k-')
+    """A method's name in the estimator tables: the smooth network's as the estimator's own."""
+    return method.removeprefix('silu-')
 
 
 def scored(row, tol):

@@ -94,6 +94,7 @@ def get_args(argv=None):
     args = p.parse_args(argv)
 
     passed = methods.given(args)
+    methods.tuned(args)
     # a resume's lr and eval-every, where not given, are its checkpoint's: filled by resume.changed, not here
     for k, v in [*PRESETS[args.preset].items(), ('eval_every', 1)]:
         if getattr(args, k) is None and not (args.resume and k in ('lr', 'eval_every')):

@@ -48,7 +48,8 @@ def test_a_tiny_run_writes_a_row_per_dataset_method_and_seed(tiny):
     assert table[0]['nll'] != table[1]['nll'] and table[0]['H'] != table[1]['H']
     # the README's table is read from the rows: mean ± sd over the two seeds of each method
     kl = [float(r['kl']) for r in table if r['method'] == 'kde']
-    line = next(line for line in tables.results_table(results.read_csv(tiny), '0 to 1', 256, 16, 1).splitlines() if line.startswith('| 8gaussians'))
+    scored = tables.with_curves(results.read_csv(tiny), results.read_curves(results.curves_path(str(tiny))))     # the last-5 KL
+    line = next(line for line in tables.results_table(scored, '0 to 1', 256, 16, 1).splitlines() if line.startswith('| 8gaussians'))
     assert line.count('±') == 8 and line.rstrip(' |').endswith(f'{sum(kl) / 2:.3f} ± {abs(kl[0] - kl[1]) / 2**0.5:.3f}')
 
 
@@ -96,20 +97,26 @@ def test_bad_arguments_are_one_line_errors(args, tmp_path, monkeypatch, capsys):
 
 
 def test_estimators_write_their_rows_and_a_curve_per_job_that_merge_like_the_rows(tmp_path, monkeypatch):
-    """nce and cd on one dataset, 2 seeds, 2 epochs: a row per job and a curve row per epoch, the training seconds
-    growing; two shards merged give the unsharded run's rows and curves, but for the seconds."""
+    """nce and cd on one dataset, 2 seeds, 10 epochs: a row per job and a curve row per evaluated epoch (every
+    CURVE_EVERY-th, then each of the last LAST), the training seconds growing; the run is the one train.py makes in one
+    go; two shards merged give the unsharded run's rows and curves, but for the seconds."""
     import results
+    import resume
+    import train
     monkeypatch.chdir(tmp_path)
-    quick = [*TINY[:6], '--budget', 0.04, '--methods', 'nce', 'cd', '--seeds', 2, '--jobs', 1]
+    quick = [*TINY[:6], '--budget', 0.2, '--methods', 'nce', 'cd', '--seeds', 2, '--jobs', 1]
     main(*quick, '--out', 'results.csv')
     table, curves = rows('results.csv'), rows('curves.csv')
     assert [(r['method'], r['seed']) for r in table] == [('nce', '0'), ('nce', '1'), ('cd', '0'), ('cd', '1')]
-    assert [(r['method'], r['seed'], r['epoch']) for r in curves] == [(m, s, e) for m in ('nce', 'cd') for s in '01' for e in '01']
+    assert [(r['method'], r['seed'], r['epoch']) for r in curves] == [(m, s, str(e)) for m in ('nce', 'cd') for s in '01' for e in range(4, 10)]
     for r in curves:
         assert float(r['kl']) > 0 and (r['gap'] != '') == (r['method'] == 'nce')
-    assert all(float(a['train_seconds']) < float(b['train_seconds']) for a, b in zip(curves[::2], curves[1::2], strict=True))
-    last = {(r['method'], r['seed']): r['kl'] for r in curves if r['epoch'] == '1'}
+    assert all(float(a['train_seconds']) < float(b['train_seconds']) for a, b in zip(curves[:-1], curves[1:], strict=True) if a['seed'] == b['seed'] and a['method'] == b['method'])
+    last = {(r['method'], r['seed']): r['kl'] for r in curves if r['epoch'] == '9'}
     assert all(last[r['method'], r['seed']] == r['kl'] for r in table)      # the row is the curve's last epoch
+    train.main(train.get_args(['--dataset', '8gaussians', '--samples', '400', '--method', 'cd', '--seed', '1', '--epoch', '10',
+                               '--no-plot', '--ckpt', str(tmp_path / 'cd.pth.tar')]))
+    assert resume.load(str(tmp_path / 'cd.pth.tar'))['history'][-1]['kl'] == float(last['cd', '1'])     # as one run of train.py
     main(*quick, '--shard', '0/2')
     main(*quick, '--shard', '1/2')
     main('--merge', 'results-0-of-2.csv', 'results-1-of-2.csv', '--out', 'merged.csv')
@@ -140,11 +147,12 @@ def test_a_bad_scheduler_is_a_one_line_error(address, capsys):
 
 def synthetic(methods, level, seeds=5, epochs=6):
     """Rows and curves of jobs whose KL falls to `level[m]` by their last epochs, each seed a hair apart."""
+    from tables import short
     rows, curves = [], []
     for m in methods:
         for s in range(seeds):
-            kl = [level[m] + 0.5 / (e + 1) ** 2 + 0.002 * ((3 * s + ord(m[0])) % 5) for e in range(epochs)]
-            gap = 0.01 if m == 'nce' else None
+            kl = [level[short(m)] + 0.5 / (e + 1) ** 2 + 0.002 * ((3 * s + ord(short(m)[0])) % 5) for e in range(epochs)]
+            gap = 0.01 if short(m) == 'nce' else None
             rows.append(dict(dataset='rings', method=m, seed=s, kl=kl[-1], gap=gap, seconds=2.0 + s, steps=600, H=2.6))
             curves += [dict(dataset='rings', method=m, seed=s, epoch=e, train_seconds=0.2 * (e + 1), kl=k, gap=gap)
                        for e, k in enumerate(kl)]
@@ -161,7 +169,8 @@ def test_the_estimator_tables_judge_each_job_by_its_last_epochs_and_claim_only_w
     assert next(r for r in scored if r['method'] == 'nce' and r['seed'] == 0)['kl5'] == pytest.approx(sum(nce0[-5:]) / 5)
     assert next(r for r in scored if r['method'] == 'nce')['train_seconds'] == pytest.approx(1.2)
     text = tables.estimator_tables(scored, ('nce', 'rank', 'is', 'mle'), 'nce', 'mle')
-    first = text.split('**KL at the last epoch**')[0]
+    first = text.split('**How close to exact MLE**')[0]
+    assert '**KL at the last epoch**' not in text       # one statistic: the last-5 mean
     assert '| `rank` | ' in first and first.split('| `rank` | ')[1].split('\n')[0].endswith('↑ |')      # higher than NCE
     assert first.split('| `mle` | ')[1].split('\n')[0].endswith('↓ |')
     assert first.split('| `is` | ')[1].split('\n')[0].endswith('0.055 |')       # jitter by seed: no claim
@@ -186,15 +195,15 @@ def test_the_estimator_docs_and_figures_are_drawn_from_the_rows_and_curves(tmp_p
         shutil.copy(os.path.join(ROOT, f), tmp_path / f)
     (tmp_path / 'images').mkdir()
     monkeypatch.setattr(results, 'ROOT', str(tmp_path))
-    rows, curves = synthetic(('nce', 'rank', 'mle'), dict(nce=0.10, rank=0.30, mle=0.02))
-    results.write_docs(rows, results.ESTIMATORS, '1.0 minutes', curves)
+    rows, curves = synthetic(('silu-nce', 'silu-rank', 'silu-mle'), dict(nce=0.10, rank=0.30, mle=0.02))
+    results.write_docs(rows, results.SILU, '1.0 minutes', curves)
     doc, readme = (tmp_path / 'docs/estimators.md').read_text(), (tmp_path / 'README.md').read_text()
     block = doc.split('<!-- benchmark:start -->')[1].split('<!-- benchmark:end -->')[0]
-    assert '| `rank` | ' in block and 'Regenerated by `python results.py --methods nce rank cnce' in block and '1.0 minutes' in block
+    assert '| `rank` | ' in block and 'Regenerated by `python results.py --methods silu-nce silu-rank' in block and '1.0 minutes' in block
     assert '| rings | `mle` |' in readme.split('<!-- best:start -->')[1].split('<!-- best:end -->')[0]
     assert (tmp_path / 'images/estimators.png').stat().st_size > 10000
-    assert not (tmp_path / 'images/estimators-strong.png').exists()      # no strong-network job ran
-    results.write_docs(rows, ('rank',), '2.0 minutes', curves)      # a part of the table keeps the time of the whole
+    assert not (tmp_path / 'images/estimators-leaky.png').exists()      # no job on the LeakyReLU network ran
+    results.write_docs(rows, ('silu-rank',), '2.0 minutes', curves)      # a part of the table keeps the time of the whole
     assert '1.0 minutes' in (tmp_path / 'docs/estimators.md').read_text().split('<!-- benchmark:end -->')[0]
 
 
@@ -245,7 +254,7 @@ def test_the_docs_are_rewritten_only_with_docs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(results, 'ROOT', str(tmp_path))
     monkeypatch.chdir(tmp_path)
     rows_ = [dict(dataset='8gaussians', method=m, seed=s, nll=3.0 + s, kl=0.25 + s / 100, c=None, log_z=None, gap=None,
-                  H=2.75, seconds=1.0, samples=100, epochs=1, steps=1, preset=None, noise=None, k=None, bandwidth=None,
+                  H=2.75, seconds=1.0, samples=100, epochs=None, steps=1, preset=None, noise=None, k=None, bandwidth=None,
                   flow_kl=None, flow_steps=None, flow_mle_kl=None) for m in results.DEFAULT_METHODS for s in (0, 1)]
     results.write_csv(rows_, 'in.csv')
     before = (tmp_path / 'README.md').read_text()
@@ -253,6 +262,24 @@ def test_the_docs_are_rewritten_only_with_docs(tmp_path, monkeypatch, capsys):
     assert '| 8gaussians |' in capsys.readouterr().out and (tmp_path / 'README.md').read_text() == before
     main('--merge', 'in.csv', '--out', 'out.csv', '--docs')
     assert (tmp_path / 'README.md').read_text() != before and '0.255 ±' in (tmp_path / 'README.md').read_text()
+
+
+def test_merging_the_committed_csvs_reproduces_the_readme_and_docs_to_the_byte(tmp_path, monkeypatch):
+    """--merge results.csv --docs on the committed CSVs rewrites results.csv, curves.csv, README.md and docs/ as they
+    are committed: every table there comes from the CSVs by this command."""
+    import shutil
+
+    import results
+    from conftest import ROOT
+    docs = ('README.md', 'docs/strong-preset.md', 'docs/estimators.md', 'docs/flow.md')
+    for f in docs:
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        shutil.copy(os.path.join(ROOT, f), tmp_path / f)
+    (tmp_path / 'images').mkdir()
+    monkeypatch.setattr(results, 'ROOT', str(tmp_path))
+    main('--merge', os.path.join(ROOT, 'results.csv'), '--out', tmp_path / 'results.csv', '--docs')
+    for f in (*docs, 'results.csv', 'curves.csv'):
+        assert (tmp_path / f).read_bytes() == open(os.path.join(ROOT, f), 'rb').read(), f
 
 
 def test_keep_saves_each_trained_jobs_checkpoint_for_logz(tmp_path):
