@@ -239,8 +239,8 @@ def write_docs(rows, ran, wall=None, curves=(), write=True):
         text += '\n\n' + base_table(rows)
         save(os.path.join(ROOT, 'docs/strong-preset.md'), 'base', base_table(rows))
     if set(ran) & {'nce-fit', 'nce-gmm'}:
-        text += '\n\n' + noise_table(rows)
-        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(rows))
+        text += '\n\n' + noise_table(scored)
+        save(os.path.join(ROOT, 'docs/strong-preset.md'), 'noise', noise_table(scored))
     if set(ran) & {'nce-flow', 'fce', 'strong-10k-fce'} and any(r['method'] == 'fce' for r in rows):
         text += '\n\n' + flow_tables(rows)
         save(os.path.join(ROOT, 'docs/flow.md'), 'flow', flow_tables(rows))
